@@ -1,0 +1,85 @@
+"""Public entry points: ``plan_tree_attention`` (plan once per step) and ``tree_attention``."""
+from __future__ import annotations
+
+import torch
+
+from .planner import PlannerConfig, TreeAttentionPlan, build_plan
+from .tree import build_layout, validate_tree
+
+
+def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node, *,
+                        num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                        device=None, validate: bool = True, num_slots: int | None = None,
+                        kv_elem_bytes: int = 2, config: PlannerConfig | None = None
+                        ) -> TreeAttentionPlan:
+    """Plan DeFT decode attention over a KV forest (once per decode step).
+
+    Parameters
+    ----------
+    node_parent : int32 [N]; -1 for a root, a parent's index smaller than its child's.
+    node_kv_indptr : int32 [N+1]; node n owns ``node_kv_indices[indptr[n]:indptr[n+1]]``.
+    node_kv_indices : int32 [total]; KV-pool slots, in position order within each node.
+    query_node : int32 [B]; query b attends to ``query_node[b]`` and all its ancestors.
+        The four may be tensors (any device), numpy arrays or lists; planning runs on the host.
+    num_qo_heads, num_kv_heads, head_dim : the attention shape (``Hq % Hkv == 0``).
+    device : where the plan's metadata lives and ``run`` executes (default: the device of
+        ``node_kv_indices`` if it is a tensor, else CUDA when available, else CPU).
+    validate : check the tree (cheap; pass False on a hot path whose trees are known good).
+    num_slots : KV-pool size; when given, slot indices are range-checked.
+    kv_elem_bytes : bytes per KV element, for the cost model (2 for fp16/bf16).
+    config : planner tuning, :class:`PlannerConfig`.
+
+    Returns
+    -------
+    TreeAttentionPlan with ``run(q, k_cache, v_cache, sm_scale=None)`` and ``stats()``.
+    """
+    _check_heads(num_qo_heads, num_kv_heads, head_dim)
+    if device is None:
+        device = (node_kv_indices.device if isinstance(node_kv_indices, torch.Tensor)
+                  else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device)
+    if validate:
+        arrays = validate_tree(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots)
+    else:
+        arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+                  for a in (node_parent, node_kv_indptr, node_kv_indices, query_node)]
+    layout = build_layout(*arrays)
+    return build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+                      head_dim=head_dim, device=device, config=config or PlannerConfig(),
+                      kv_elem_bytes=kv_elem_bytes)
+
+
+def _check_heads(num_qo_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    if num_kv_heads < 1 or num_qo_heads < 1 or num_qo_heads % num_kv_heads:
+        raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a positive multiple of "
+                         f"num_kv_heads ({num_kv_heads})")
+    if head_dim % 16 or not 16 <= head_dim <= 256:
+        raise ValueError(f"head_dim must be a multiple of 16 in [16, 256], got {head_dim}")
+
+
+def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, node_parent,
+                   node_kv_indptr, node_kv_indices, query_node, sm_scale=None) -> torch.Tensor:
+    """DeFT decode attention of each query over its root-to-node KV (plan + one run).
+
+    Parameters
+    ----------
+    q : [B, Hq, D] fp16 / bf16 / fp32.
+    k_cache, v_cache : [num_slots, Hkv, D], q's dtype and device.
+    node_parent, node_kv_indptr, node_kv_indices, query_node : the tree, as in
+        :func:`plan_tree_attention`.
+    sm_scale : softmax scale, default ``1/sqrt(D)``.
+
+    Returns
+    -------
+    [B, Hq, D] in q's dtype: softmax attention over each query's path KV (zeros for an empty path).
+    """
+    if q.dim() != 3 or k_cache.dim() != 3:
+        raise ValueError("q must be [B, Hq, D] and k_cache/v_cache [num_slots, Hkv, D]")
+    if isinstance(query_node, torch.Tensor) and query_node.shape[0] != q.shape[0] or \
+            len(query_node) != q.shape[0]:
+        raise ValueError(f"query_node has {len(query_node)} entries but q has {q.shape[0]} rows")
+    plan = plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node,
+                               num_qo_heads=q.shape[1], num_kv_heads=k_cache.shape[1],
+                               head_dim=q.shape[2], device=q.device, num_slots=k_cache.shape[0],
+                               kv_elem_bytes=k_cache.element_size())
+    return plan.run(q, k_cache, v_cache, sm_scale)

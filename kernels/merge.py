@@ -1,0 +1,113 @@
+"""Phase 2 of DeFT decode: merge each query's partial results by log-sum-exp.
+
+Query ``b`` owns the partial slots ``merge_slots[merge_indptr[b]:merge_indptr[b+1]]`` (always in
+the same order, so the result is deterministic; no atomics).  A query with no partial (its whole
+path holds no token) gets zeros.
+
+Shapes and strides::
+
+    partial_out   fp32 [P, Hq, D]      partial_lse  fp32 [P, Hq]  (log base 2)
+    merge_indptr  int32 [B+1]          merge_slots  int32 [P]
+    out           [B, Hq, D]           dtype of q
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _merge_partials_kernel(
+    partial_out_ptr, partial_lse_ptr, merge_indptr_ptr, merge_slots_ptr, out_ptr,
+    stride_pp, stride_ph, stride_lp, stride_ob, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    query = tl.program_id(0)
+    head = tl.program_id(1)
+    begin = tl.load(merge_indptr_ptr + query)
+    end = tl.load(merge_indptr_ptr + query + 1)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    offs_p = tl.arange(0, BLOCK_P)
+    m_run = -float("inf")
+    weight_sum = 0.0
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(begin, end, BLOCK_P):
+        mask_p = start + offs_p < end
+        slots = tl.load(merge_slots_ptr + start + offs_p, mask=mask_p, other=0).to(tl.int64)
+        lse = tl.load(partial_lse_ptr + slots * stride_lp + head, mask=mask_p, other=-float("inf"))
+        part = tl.load(partial_out_ptr + slots[:, None] * stride_pp + head * stride_ph
+                       + offs_d[None, :], mask=mask_p[:, None] & mask_d[None, :], other=0.0)
+        m_new = tl.maximum(m_run, tl.max(lse, axis=0))
+        scale_old = tl.exp2(m_run - m_new)
+        w = tl.exp2(lse - m_new)
+        weight_sum = weight_sum * scale_old + tl.sum(w, axis=0)
+        acc = acc * scale_old + tl.sum(part * w[:, None], axis=0)
+        m_run = m_new
+    result = tl.where(weight_sum > 0, acc / weight_sum, 0.0)
+    tl.store(out_ptr + query.to(tl.int64) * stride_ob + head * stride_oh + offs_d,
+             result.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_p: int = 8):
+    """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync."""
+    num_queries, num_qo_heads, head_dim = out.shape
+    if num_queries == 0:
+        return
+    _merge_partials_kernel[(num_queries, num_qo_heads)](
+        partial_out, partial_lse, merge_indptr, merge_slots, out,
+        partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_P=block_p,
+        num_warps=4 if head_dim > 64 else 2,
+    )
+
+
+@triton.jit
+def _merge_two_kernel(a_out_ptr, a_lse_ptr, b_out_ptr, b_lse_ptr, out_ptr, lse_ptr,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    lse_a = tl.load(a_lse_ptr + row)
+    lse_b = tl.load(b_lse_ptr + row)
+    m = tl.maximum(lse_a, lse_b)
+    m_safe = tl.where(m == -float("inf"), 0.0, m)
+    w_a = tl.exp(lse_a - m_safe)
+    w_b = tl.exp(lse_b - m_safe)
+    total = w_a + w_b
+    o_a = tl.load(a_out_ptr + row * HEAD_DIM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    o_b = tl.load(b_out_ptr + row * HEAD_DIM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    merged = tl.where(total > 0, (o_a * w_a + o_b * w_b) / total, 0.0)
+    tl.store(out_ptr + row * HEAD_DIM + offs_d, merged.to(out_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(lse_ptr + row, m_safe + tl.log(total))
+
+
+def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
+                           lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two partial attention results over disjoint key sets.
+
+    Parameters
+    ----------
+    out_a, out_b : [..., D] normalised partial outputs (any float dtype).
+    lse_a, lse_b : fp32 [...] their log-sum-exp of scaled scores (natural log; -inf = empty).
+
+    Returns
+    -------
+    (out, lse) : the attention over the union of both key sets; out in ``out_a.dtype``.
+    """
+    if out_a.shape != out_b.shape or lse_a.shape != lse_b.shape or out_a.shape[:-1] != lse_a.shape:
+        raise ValueError("out_a/out_b must share shape [..., D] and lse_a/lse_b shape [...]")
+    head_dim = out_a.shape[-1]
+    a, b = out_a.reshape(-1, head_dim).contiguous(), out_b.reshape(-1, head_dim).contiguous()
+    la = lse_a.reshape(-1).float().contiguous()
+    lb = lse_b.reshape(-1).float().contiguous()
+    out = torch.empty_like(a)
+    lse = torch.empty_like(la)
+    if a.shape[0]:
+        _merge_two_kernel[(a.shape[0],)](a, la, b, lb, out, lse, HEAD_DIM=head_dim,
+                                         BLOCK_D=triton.next_power_of_2(head_dim))
+    return out.reshape(out_a.shape), lse.reshape(lse_a.shape)

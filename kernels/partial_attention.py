@@ -1,0 +1,138 @@
+"""Phase 1 of DeFT decode: partial attention of one KV chunk for every query that shares it.
+
+One program handles one work item for one KV head.  A work item is a chunk of one tree node's
+KV (``kv_len`` tokens starting at ``kv_begin`` in ``node_kv_indices``) and the node's query group
+(``q_count`` queries starting at ``q_begin`` in the sorted query order).  The query heads that
+share the KV head are packed into rows (GQA): row ``r`` is query ``r // GROUP`` and head
+``r % GROUP`` of this KV head, so a chunk is applied to all ``q_count * GROUP`` rows.
+
+Rows are processed in tiles of ``BLOCK_M``; for each row tile the chunk is streamed in blocks of
+``BLOCK_N`` tokens with an online softmax.  A program whose group needs several row tiles walks
+the same chunk once per tile; the planner bounds such chunks so that the later passes are served
+from L2 and device memory sees each KV byte once.
+
+Shapes and strides::
+
+    q            [B, Hq, D]              any strides on B and H, unit stride on D
+    k_cache      [num_slots, Hkv, D]     likewise; v_cache the same
+    query_order  int32 [B]               sorted position -> query id
+    item_*       int32 [num_items]       kv_begin, kv_len, q_begin, q_count, slot_base
+    partial_out  fp32 [P, Hq, D]         normalised partial output of each (item, query)
+    partial_lse  fp32 [P, Hq]            its log2-sum-exp (log base 2, scaled scores)
+
+The partial slot of sorted query ``s`` in item ``i`` is ``slot_base[i] + s - q_begin[i]``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _partial_attention_kernel(
+    q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr,
+    item_kv_begin_ptr, item_kv_len_ptr, item_q_begin_ptr, item_q_count_ptr, item_slot_base_ptr,
+    partial_out_ptr, partial_lse_ptr,
+    stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+    stride_pp, stride_ph, stride_lp,
+    qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr,
+):
+    item = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    kv_begin = tl.load(item_kv_begin_ptr + item)
+    kv_len = tl.load(item_kv_len_ptr + item)
+    q_begin = tl.load(item_q_begin_ptr + item)
+    num_rows = tl.load(item_q_count_ptr + item) * GROUP
+    slot_base = tl.load(item_slot_base_ptr + item)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    for row_start in range(0, num_rows, BLOCK_M):
+        rows = row_start + offs_m
+        mask_m = rows < num_rows
+        local_query = rows // GROUP
+        head = kv_head * GROUP + rows % GROUP
+        query = tl.load(query_order_ptr + q_begin + local_query, mask=mask_m, other=0)
+        q = tl.load(q_ptr + query[:, None].to(tl.int64) * stride_qb
+                    + head[:, None] * stride_qh + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        if DOT_FP32:
+            q = q.to(tl.float32)
+        m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for kv_start in range(0, kv_len, BLOCK_N):
+            cols = kv_start + offs_n
+            mask_n = cols < kv_len
+            slots = tl.load(kv_indices_ptr + kv_begin + cols, mask=mask_n, other=0).to(tl.int64)
+            kv_mask = mask_n[:, None] & mask_d[None, :]
+            k = tl.load(k_ptr + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
+                        mask=kv_mask, other=0.0)
+            v = tl.load(v_ptr + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
+                        mask=kv_mask, other=0.0)
+            if DOT_FP32:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            if IEEE_FP32:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+            s = tl.where(mask_n[None, :], s * qk_scale_log2, -float("inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if IEEE_FP32:
+                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        slot = (slot_base + local_query).to(tl.int64)
+        tl.store(partial_out_ptr + slot[:, None] * stride_pp + head[:, None] * stride_ph
+                 + offs_d[None, :], out, mask=mask_m[:, None] & mask_d[None, :])
+        tl.store(partial_lse_ptr + slot * stride_lp + head, m_i + tl.log2(l_i), mask=mask_m)
+
+
+def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items, partial_out,
+                             partial_lse, sm_scale: float, block_m: int, block_n: int,
+                             num_warps: int, num_stages: int) -> None:
+    """Run phase 1 over ``items`` (int32 [5, num_items]: kv_begin, kv_len, q_begin, q_count,
+    slot_base).  Writes ``partial_out``/``partial_lse``; no host synchronisation."""
+    num_items = items.shape[1]
+    if num_items == 0:
+        return
+    num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
+    group = q.shape[1] // num_kv_heads
+    interpret = interpreter_active()
+    fp32_inputs = q.dtype == torch.float32
+    _partial_attention_kernel[(num_items, num_kv_heads)](
+        q, k_cache, v_cache, kv_indices, query_order,
+        items[0], items[1], items[2], items[3], items[4],
+        partial_out, partial_lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1),
+        partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
+        sm_scale * LOG2E,
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), GROUP=group,
+        BLOCK_M=block_m, BLOCK_N=block_n,
+        # The interpreter's bf16 dot is wrong (design.md); fp32 tests want exact fp32 products.
+        DOT_FP32=interpret and q.dtype != torch.float16,
+        IEEE_FP32=fp32_inputs or (interpret and q.dtype == torch.bfloat16),
+        num_warps=num_warps, num_stages=num_stages,
+    )

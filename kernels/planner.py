@@ -1,0 +1,316 @@
+"""DeFT planning: turn a KV forest into a work list once per decode step, run it once per layer.
+
+Planning (host side, numpy):
+1. KV-guided grouping (``tree.build_layout``): the queries below each node form one contiguous
+   range of the sorted query order, so a node's KV is applied to all of them at once.
+2. Flattened tree KV splitting: every node's KV is cut into chunks sized by a cost model, so
+   that all programs carry similar work whatever the tree's shape.  A chunk's cost grows with
+   its tokens and with the number of query rows it serves (``rows = queries * Hq/Hkv``); a chunk
+   is never so short that writing its partial results would cost a good part of reading it.
+3. A node whose group exceeds ``reread_min_queries`` queries *and* whose KV fits in a slice of L2
+   may be split into row groups that re-read the KV (from L2): fewer partial results, more
+   parallelism.  ``stats()`` reports those re-reads.
+
+Running (device side, no host work): phase 1 (``partial_attention``) per row-size bucket, then
+phase 2 (``merge``) per query.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .merge import launch_merge
+from .partial_attention import launch_partial_attention
+from .tree import TreeLayout, build_layout, validate_tree
+
+ROW_BUCKETS = (16, 32, 64)  # BLOCK_M of each phase-1 launch; items go to the smallest that fits
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Tuning knobs of the planner (defaults chosen for Hopper; all validated).
+
+    block_n : KV tokens per block inside a chunk (0 = by head_dim: 64, or 32 above 128).
+    waves : programs per SM the chunking aims for.
+    num_sms : SMs to balance over (0 = read from the device, 132 when unknown).
+    min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
+    reread_min_queries : groups larger than this may be split into re-reading row groups.
+    reread_group_rows : rows per re-reading row group.
+    l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
+    """
+
+    block_n: int = 0
+    waves: float = 4.0
+    num_sms: int = 0
+    min_chunk_partial_ratio: float = 4.0
+    reread_min_queries: int = 64
+    reread_group_rows: int = 128
+    l2_bytes: int = 0
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if self.block_n not in (0, 16, 32, 64, 128):
+            raise ValueError(f"PlannerConfig.block_n must be 0, 16, 32, 64 or 128, got {self.block_n}")
+        for name in ("waves", "min_chunk_partial_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PlannerConfig.{name} must be positive")
+        for name in ("num_sms", "l2_bytes", "reread_min_queries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PlannerConfig.{name} must be >= 0")
+        if self.reread_group_rows < 16:
+            raise ValueError("PlannerConfig.reread_group_rows must be >= 16")
+
+
+def _device_limits(device: torch.device, config: PlannerConfig) -> tuple[int, int]:
+    num_sms, l2_bytes = config.num_sms, config.l2_bytes
+    if device.type == "cuda" and (num_sms == 0 or l2_bytes == 0):
+        props = torch.cuda.get_device_properties(device)
+        num_sms = num_sms or props.multi_processor_count
+        l2_bytes = l2_bytes or getattr(props, "L2_cache_size", 0) or 50 << 20
+    return num_sms or 132, l2_bytes or 50 << 20
+
+
+def _expand_ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts [c0, c1, ...]: owner index and index-within-owner of each expanded element."""
+    owner = np.repeat(np.arange(counts.shape[0]), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(owner.shape[0]) - starts[owner]
+
+
+@dataclass
+class _Segments:
+    """(node, query range) pairs that phase 1 must cover; one per group or re-read row group."""
+    node: np.ndarray
+    q_begin: np.ndarray
+    q_count: np.ndarray
+
+
+def _segments(layout: TreeLayout, group: int, config: PlannerConfig, kv_bytes_per_token: int,
+              l2_bytes: int) -> _Segments:
+    tokens, queries = layout.node_tokens(), layout.node_queries()
+    node = np.nonzero((tokens > 0) & (queries > 0))[0]
+    fits_l2 = tokens[node] * kv_bytes_per_token <= l2_bytes // 4
+    split = (queries[node] > config.reread_min_queries) & fits_l2
+    group_queries = max(1, config.reread_group_rows // group)
+    pieces = np.where(split, -(-queries[node] // group_queries), 1)
+    owner, index = _expand_ranges(pieces)
+    per_piece = np.where(split[owner], group_queries, queries[node][owner])
+    q_begin = layout.query_begin[node][owner] + index * per_piece
+    q_count = np.minimum(per_piece, layout.query_end[node][owner] - q_begin)
+    return _Segments(node[owner], q_begin, q_count)
+
+
+def _chunk_lengths(tokens: np.ndarray, rows: np.ndarray, num_kv_heads: int, num_sms: int,
+                   block_n: int, config: PlannerConfig) -> np.ndarray:
+    """Tokens per chunk for each segment, from a cost model in units of one KV token read.
+
+    A token costs 1 to read plus ``rows/64`` for the tensor-core work of its row tiles (rows pad
+    to at least 16); a partial result costs about 2 (written once, read once by the merge).
+    """
+    cost_per_token = 1.0 + np.maximum(rows, 16) / 64.0
+    total = float(np.sum(tokens * cost_per_token))
+    programs_per_head = max(1.0, config.waves * num_sms / num_kv_heads)
+    target = max(total / programs_per_head, 4.0 * block_n)
+    want = np.ceil(target / cost_per_token)
+    floor = np.ceil(config.min_chunk_partial_ratio * 2.0 * rows / cost_per_token)
+    length = np.minimum(np.maximum(want, floor), tokens)
+    num_chunks = np.maximum(1, np.ceil(tokens / np.maximum(length, 1)))
+    length = np.ceil(tokens / num_chunks / block_n) * block_n  # even chunks, whole blocks
+    return np.minimum(length, np.maximum(tokens, 1)).astype(np.int64)
+
+
+def _work_items(layout: TreeLayout, seg: _Segments, chunk_len: np.ndarray):
+    """Expand segments into chunks: arrays kv_begin, kv_len, q_begin, q_count, slot_base."""
+    tokens = layout.node_tokens()[seg.node]
+    num_chunks = -(-tokens // chunk_len)
+    owner, index = _expand_ranges(num_chunks)
+    kv_begin = layout.kv_indptr[seg.node][owner] + index * chunk_len[owner]
+    kv_len = np.minimum(chunk_len[owner], tokens[owner] - index * chunk_len[owner])
+    q_begin, q_count = seg.q_begin[owner], seg.q_count[owner]
+    slot_base = np.cumsum(q_count) - q_count
+    return kv_begin, kv_len, q_begin, q_count, slot_base
+
+
+def _merge_lists(layout: TreeLayout, q_begin, q_count, slot_base):
+    """CSR of partial slots per query id, in item order (deterministic merge order)."""
+    owner, index = _expand_ranges(q_count)
+    query = layout.query_order[q_begin[owner] + index]
+    slots = slot_base[owner] + index
+    order = np.argsort(query, kind="stable")
+    counts = np.bincount(query, minlength=layout.num_queries)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return indptr, slots[order], counts
+
+
+@dataclass
+class TreeAttentionPlan:
+    """A decode step's DeFT work list, on the device; ``run`` once per layer.
+
+    Build it with :func:`deft_sglang.kernels.plan_tree_attention`.
+    """
+
+    num_qo_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_queries: int
+    num_partials: int
+    device: torch.device
+    kv_indices: torch.Tensor           # int32 [total]
+    query_order: torch.Tensor          # int32 [B]
+    buckets: list                      # [(BLOCK_M, int32 [5, n_items])]
+    merge_indptr: torch.Tensor         # int32 [B+1]
+    merge_slots: torch.Tensor          # int32 [P]
+    block_n: int
+    config: PlannerConfig
+    _stats: dict = field(default_factory=dict)
+    _workspace: dict = field(default_factory=dict)
+
+    def stats(self) -> dict:
+        """IO and shape of the plan (per layer; token counts are per KV head).
+
+        unique_kv_tokens : tokens of the nodes some query needs (each must be read once).
+        loaded_kv_tokens : tokens the run fetches from device memory; a chunk streamed again for
+            a further row tile of the same program is served by L2 and counted in
+            ``l2_reread_kv_tokens`` instead.
+        per_request_kv_tokens : what per-request decode reads (sum of path lengths).
+        partial_bytes : bytes of partial results phase 1 writes (phase 2 reads them once).
+        """
+        return dict(self._stats)
+
+    def _partials(self) -> tuple[torch.Tensor, torch.Tensor]:
+        key = "partials"
+        if key not in self._workspace:
+            rows = max(self.num_partials, 1)
+            self._workspace[key] = (
+                torch.empty(rows, self.num_qo_heads, self.head_dim, dtype=torch.float32,
+                            device=self.device),
+                torch.empty(rows, self.num_qo_heads, dtype=torch.float32, device=self.device))
+        return self._workspace[key]
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            sm_scale: float | None = None, out: torch.Tensor | None = None,
+            check: bool = True) -> torch.Tensor:
+        """Tree attention for this plan's tree.
+
+        Parameters
+        ----------
+        q : [B, Hq, D] fp16/bf16/fp32 on the plan's device (unit stride on D).
+        k_cache, v_cache : [num_slots, Hkv, D], same dtype as q.
+        sm_scale : softmax scale, default ``1/sqrt(D)``.
+        out : optional [B, Hq, D] output buffer (dtype of q).
+        check : validate shapes/dtypes (cheap; pass False on the hot path).
+
+        Returns
+        -------
+        [B, Hq, D] in q's dtype.
+        """
+        if check:
+            _check_run_inputs(self, q, k_cache, v_cache, out)
+        sm_scale = 1.0 / math.sqrt(self.head_dim) if sm_scale is None else float(sm_scale)
+        if out is None:
+            out = torch.empty_like(q)
+        partial_out, partial_lse = self._partials()
+        for block_m, items in self.buckets:
+            launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order, items,
+                                     partial_out, partial_lse, sm_scale, block_m, self.block_n,
+                                     self.config.num_warps, self.config.num_stages)
+        launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out)
+        return out
+
+
+def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None:
+    if q.dim() != 3 or q.shape[0] != plan.num_queries or q.shape[1] != plan.num_qo_heads \
+            or q.shape[2] != plan.head_dim:
+        raise ValueError(f"q must have shape [{plan.num_queries}, {plan.num_qo_heads}, "
+                         f"{plan.head_dim}], got {tuple(q.shape)}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q must be fp16, bf16 or fp32, got {q.dtype}")
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if cache.dim() != 3 or cache.shape[1] != plan.num_kv_heads or cache.shape[2] != plan.head_dim:
+            raise ValueError(f"{name} must have shape [num_slots, {plan.num_kv_heads}, "
+                             f"{plan.head_dim}], got {tuple(cache.shape)}")
+        if cache.dtype != q.dtype:
+            raise ValueError(f"{name} dtype {cache.dtype} differs from q dtype {q.dtype}")
+        if cache.stride(2) != 1:
+            raise ValueError(f"{name} must have unit stride on head_dim")
+        if cache.device != q.device:
+            raise ValueError(f"{name} is on {cache.device}, q on {q.device}")
+    if k_cache.shape[0] != v_cache.shape[0]:
+        raise ValueError("k_cache and v_cache must hold the same number of slots")
+    if q.stride(2) != 1:
+        raise ValueError("q must have unit stride on head_dim")
+    if q.device != plan.device:
+        raise ValueError(f"q is on {q.device}, the plan on {plan.device}")
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1):
+        raise ValueError("out must match q's shape and dtype, with unit stride on head_dim")
+
+
+def _bucket_items(items: np.ndarray, group: int) -> list[tuple[int, np.ndarray]]:
+    """Split items (int64 [5, n]) by row count into BLOCK_M buckets, heaviest items first."""
+    rows = items[3] * group
+    bucket_of = np.searchsorted(np.asarray(ROW_BUCKETS), np.minimum(rows, ROW_BUCKETS[-1]))
+    tiles = -(-rows // np.asarray(ROW_BUCKETS)[bucket_of])
+    cost = items[1] * (1 + tiles)
+    result = []
+    for b, block_m in enumerate(ROW_BUCKETS):
+        members = np.nonzero(bucket_of == b)[0]
+        if members.size:
+            members = members[np.argsort(-cost[members], kind="stable")]
+            result.append((block_m, items[:, members]))
+    return result
+
+
+def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+               device: torch.device, config: PlannerConfig, kv_elem_bytes: int = 2
+               ) -> TreeAttentionPlan:
+    """Plan one decode step over ``layout``; see the module docstring."""
+    group = num_qo_heads // num_kv_heads
+    block_n = config.block_n or (64 if head_dim <= 128 else 32)
+    num_sms, l2_bytes = _device_limits(device, config)
+    kv_bytes_per_token = 2 * num_kv_heads * head_dim * kv_elem_bytes
+    seg = _segments(layout, group, config, kv_bytes_per_token, l2_bytes)
+    tokens = layout.node_tokens()[seg.node]
+    chunk_len = _chunk_lengths(tokens, seg.q_count * group, num_kv_heads, num_sms, block_n, config)
+    items = np.stack(_work_items(layout, seg, chunk_len))
+    merge_indptr, merge_slots, partial_counts = _merge_lists(layout, items[2], items[3], items[4])
+    buckets = _bucket_items(items, group)
+
+    # One host-to-device copy for all metadata.
+    parts = [layout.kv_indices, layout.query_order, merge_indptr, merge_slots]
+    parts += [b[1].reshape(-1) for b in buckets]
+    blob = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
+    views, offset = [], 0
+    for p in parts:
+        views.append(blob[offset:offset + p.size])
+        offset += p.size
+    kv_indices, query_order, d_indptr, d_slots = views[:4]
+    d_buckets = [(bm, v.view(5, -1)) for (bm, _), v in zip(buckets, views[4:])]
+
+    num_partials = int(merge_slots.shape[0])
+    node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
+    needed = node_queries > 0
+    rows = items[3] * group
+    bucket_of = np.searchsorted(np.asarray(ROW_BUCKETS), np.minimum(rows, ROW_BUCKETS[-1]))
+    tiles_per_item = -(-rows // np.asarray(ROW_BUCKETS)[bucket_of])
+    stats = dict(
+        num_nodes=layout.num_nodes,
+        num_queries=layout.num_queries,
+        num_groups=int(np.sum(needed & (node_tokens > 0))),
+        num_work_items=int(items.shape[1]),
+        num_partials=num_partials,
+        max_partials_per_query=int(partial_counts.max()) if partial_counts.size else 0,
+        unique_kv_tokens=int(np.sum(node_tokens[needed])),
+        loaded_kv_tokens=int(np.sum(items[1])),
+        l2_reread_kv_tokens=int(np.sum(items[1] * (tiles_per_item - 1))),
+        per_request_kv_tokens=int(np.sum(node_tokens * (layout.query_end - layout.query_begin))),
+        partial_bytes=num_partials * num_qo_heads * (head_dim + 1) * 4,
+        block_n=block_n,
+        buckets={bm: int(it.shape[1]) for bm, it in buckets},
+    )
+    return TreeAttentionPlan(num_qo_heads, num_kv_heads, head_dim, layout.num_queries,
+                             num_partials, device, kv_indices, query_order, d_buckets, d_indptr,
+                             d_slots, block_n, config, stats)

@@ -1,0 +1,140 @@
+"""Host-side view of a KV forest: validation and the query order that makes subtrees contiguous.
+
+The kernel contract (see ``README.md``)::
+
+    node_parent      int32 [N]     parent node, -1 for a root, parent < child
+    node_kv_indptr   int32 [N+1]   node n owns node_kv_indices[indptr[n]:indptr[n+1]]
+    node_kv_indices  int32 [total] KV-pool slots, in position order within a node
+    query_node       int32 [B]     query b attends to query_node[b] and all its ancestors
+
+Sorting queries by the pre-order position of their node puts the queries below any node ``n``
+into one contiguous range ``[query_begin[n], query_end[n])`` of the sorted order.  That range is
+the node's *query group* (DeFT's KV-guided grouping): every query in it reads node ``n``'s KV.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def _as_int_array(name: str, value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be an int32 tensor, got {value.dtype}")
+        if value.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
+        return value.detach().to("cpu", torch.int64).numpy()
+    array = np.asarray(value)
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{name} must be a 1-D integer array")
+    return array.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class TreeLayout:
+    """The forest plus the derived grouping, all host-side int64 numpy arrays.
+
+    Attributes
+    ----------
+    parent, kv_indptr, kv_indices, query_node : the contract arrays.
+    query_order : [B] query ids sorted by the pre-order position of their node.
+    query_begin, query_end : [N] each node's query group, as a range of ``query_order``.
+    """
+
+    parent: np.ndarray
+    kv_indptr: np.ndarray
+    kv_indices: np.ndarray
+    query_node: np.ndarray
+    query_order: np.ndarray
+    query_begin: np.ndarray
+    query_end: np.ndarray
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.parent.shape[0])
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.query_node.shape[0])
+
+    def node_tokens(self) -> np.ndarray:
+        return np.diff(self.kv_indptr)
+
+    def node_queries(self) -> np.ndarray:
+        return self.query_end - self.query_begin
+
+
+def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | None = None):
+    """Check the contract arrays and return them as int64 numpy arrays.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending argument: wrong rank/dtype, a parent index that is not smaller than
+        its child's, an indptr that does not start at 0, decreases or disagrees with the indices,
+        a query node out of range, or (when ``num_slots`` is given) a slot index out of range.
+    """
+    parent = _as_int_array("node_parent", parent)
+    kv_indptr = _as_int_array("node_kv_indptr", kv_indptr)
+    kv_indices = _as_int_array("node_kv_indices", kv_indices)
+    query_node = _as_int_array("query_node", query_node)
+    num_nodes = parent.shape[0]
+    if kv_indptr.shape[0] != num_nodes + 1:
+        raise ValueError(
+            f"node_kv_indptr must have len(node_parent)+1 = {num_nodes + 1} entries, "
+            f"got {kv_indptr.shape[0]}")
+    if num_nodes:
+        ids = np.arange(num_nodes)
+        if np.any(parent >= ids) or np.any(parent < -1):
+            bad = int(np.nonzero((parent >= ids) | (parent < -1))[0][0])
+            raise ValueError(
+                f"node_parent[{bad}] = {int(parent[bad])}: a parent index must be -1 or smaller "
+                "than its child's")
+    if kv_indptr[0] != 0 or np.any(np.diff(kv_indptr) < 0):
+        raise ValueError("node_kv_indptr must start at 0 and never decrease")
+    if kv_indptr[-1] != kv_indices.shape[0]:
+        raise ValueError(
+            f"node_kv_indptr[-1] = {int(kv_indptr[-1])} must equal len(node_kv_indices) = "
+            f"{kv_indices.shape[0]}")
+    if query_node.size and (query_node.min() < 0 or query_node.max() >= num_nodes):
+        raise ValueError(f"query_node values must lie in [0, {num_nodes})")
+    if num_slots is not None and kv_indices.size and (
+            kv_indices.min() < 0 or kv_indices.max() >= num_slots):
+        raise ValueError(f"node_kv_indices values must lie in [0, {num_slots}) (the KV pool size)")
+    return parent, kv_indptr, kv_indices, query_node
+
+
+def _preorder(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-order rank of every node and the size of its subtree (in nodes)."""
+    num_nodes = parent.shape[0]
+    subtree_size = np.ones(num_nodes, dtype=np.int64)
+    # parent < child, so one reverse sweep accumulates every subtree.
+    for node in range(num_nodes - 1, -1, -1):
+        if parent[node] >= 0:
+            subtree_size[parent[node]] += subtree_size[node]
+    rank = np.empty(num_nodes, dtype=np.int64)
+    next_free = 0
+    child_cursor = np.zeros(num_nodes, dtype=np.int64)  # next rank to give a child of each node
+    for node in range(num_nodes):
+        p = parent[node]
+        if p < 0:
+            rank[node] = next_free
+            next_free += subtree_size[node]
+        else:
+            rank[node] = rank[p] + 1 + child_cursor[p]
+            child_cursor[p] += subtree_size[node]
+    return rank, subtree_size
+
+
+def build_layout(parent, kv_indptr, kv_indices, query_node) -> TreeLayout:
+    """Group the queries by the nodes they share (KV-guided grouping); see the module docstring."""
+    rank, subtree_size = _preorder(parent)
+    key = rank[query_node]
+    query_order = np.argsort(key, kind="stable")
+    sorted_key = key[query_order]
+    query_begin = np.searchsorted(sorted_key, rank, side="left")
+    query_end = np.searchsorted(sorted_key, rank + subtree_size, side="left")
+    return TreeLayout(parent, kv_indptr, kv_indices, query_node, query_order,
+                      query_begin.astype(np.int64), query_end.astype(np.int64))
