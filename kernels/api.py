@@ -38,6 +38,8 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
         device = (node_kv_indices.device if isinstance(node_kv_indices, torch.Tensor)
                   else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     if validate:
         arrays = validate_tree(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots)
     else:

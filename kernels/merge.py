@@ -6,7 +6,7 @@ path holds no token) gets zeros.
 
 Shapes and strides::
 
-    partial_out   fp32 [P, Hq, D]      partial_lse  fp32 [P, Hq]  (log base 2)
+    partial_out   [P, Hq, D] (fp32, or q's 16-bit dtype)   partial_lse  fp32 [P, Hq]  (log base 2)
     merge_indptr  int32 [B+1]          merge_slots  int32 [P]
     out           [B, Hq, D]           dtype of q
 """
@@ -22,47 +22,68 @@ LN2 = 0.6931471805599453
 @triton.jit
 def _merge_partials_kernel(
     partial_out_ptr, partial_lse_ptr, merge_indptr_ptr, merge_slots_ptr, out_ptr,
-    stride_pp, stride_ph, stride_lp, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+    stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, num_heads,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     query = tl.program_id(0)
-    head = tl.program_id(1)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < num_heads
     begin = tl.load(merge_indptr_ptr + query)
     end = tl.load(merge_indptr_ptr + query + 1)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
+    mask_hd = mask_h[:, None] & (offs_d < HEAD_DIM)[None, :]
     offs_p = tl.arange(0, BLOCK_P)
-    m_run = -float("inf")
-    weight_sum = 0.0
-    acc = tl.zeros([BLOCK_D], tl.float32)
+    m_run = tl.full([BLOCK_H], -float("inf"), tl.float32)
+    weight_sum = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for start in range(begin, end, BLOCK_P):
         mask_p = start + offs_p < end
         slots = tl.load(merge_slots_ptr + start + offs_p, mask=mask_p, other=0).to(tl.int64)
-        lse = tl.load(partial_lse_ptr + slots * stride_lp + head, mask=mask_p, other=-float("inf"))
-        part = tl.load(partial_out_ptr + slots[:, None] * stride_pp + head * stride_ph
-                       + offs_d[None, :], mask=mask_p[:, None] & mask_d[None, :], other=0.0)
+        lse = tl.load(partial_lse_ptr + slots[:, None] * stride_lp + offs_h[None, :],
+                      mask=mask_p[:, None] & mask_h[None, :], other=-float("inf"))
+        part = tl.load(partial_out_ptr + slots[:, None, None] * stride_pp
+                       + offs_h[None, :, None] * stride_ph + offs_d[None, None, :],
+                       mask=mask_p[:, None, None] & mask_hd[None, :, :], other=0.0).to(tl.float32)
         m_new = tl.maximum(m_run, tl.max(lse, axis=0))
-        scale_old = tl.exp2(m_run - m_new)
-        w = tl.exp2(lse - m_new)
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+        scale_old = tl.exp2(m_run - m_safe)
+        w = tl.exp2(lse - m_safe[None, :])
         weight_sum = weight_sum * scale_old + tl.sum(w, axis=0)
-        acc = acc * scale_old + tl.sum(part * w[:, None], axis=0)
+        acc = acc * scale_old[:, None] + tl.sum(part * w[:, :, None], axis=0)
         m_run = m_new
-    result = tl.where(weight_sum > 0, acc / weight_sum, 0.0)
-    tl.store(out_ptr + query.to(tl.int64) * stride_ob + head * stride_oh + offs_d,
-             result.to(out_ptr.dtype.element_ty), mask=mask_d)
+    result = tl.where(weight_sum[:, None] > 0, acc / weight_sum[:, None], 0.0)
+    tl.store(out_ptr + query.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh
+             + offs_d[None, :], result.to(out_ptr.dtype.element_ty), mask=mask_hd)
 
 
-def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_p: int = 8):
-    """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync."""
+def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_partials: int,
+                       num_sms: int) -> tuple[int, int]:
+    """(BLOCK_H, BLOCK_P) for the merge: enough programs to fill the GPU, few block launches
+    (a launch per (query, head) is limited by block scheduling at large batches), and most
+    queries merged in one step (a serial chain of loads is latency-bound)."""
+    block_h = 1
+    while block_h < num_heads and num_queries * (-(-num_heads // (2 * block_h))) >= 4 * num_sms:
+        block_h *= 2
+    block_d = 1 << (head_dim - 1).bit_length()
+    block_p = 1 << max(0, (max(most_partials, 1) - 1).bit_length())
+    while block_p > 1 and block_p * block_h * block_d > 8192:
+        block_p //= 2
+    return block_h, block_p
+
+
+def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_h: int = 1,
+                 block_p: int = 8):
+    """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync.
+    ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`)."""
     num_queries, num_qo_heads, head_dim = out.shape
     if num_queries == 0:
         return
-    _merge_partials_kernel[(num_queries, num_qo_heads)](
+    _merge_partials_kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
         partial_out, partial_lse, merge_indptr, merge_slots, out,
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
-        out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_P=block_p,
-        num_warps=4 if head_dim > 64 else 2,
+        out.stride(0), out.stride(1), num_qo_heads,
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_H=block_h,
+        BLOCK_P=block_p, num_warps=4,
     )
 
 

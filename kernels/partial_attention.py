@@ -1,6 +1,6 @@
 """Phase 1 of DeFT decode: partial attention of one KV chunk for every query that shares it.
 
-One program handles one work item for one KV head.  A work item is a chunk of one tree node's
+One program handles one work item for one KV head (grid ``[num_items, Hkv]``).  A work item is a chunk of one tree node's
 KV (``kv_len`` tokens starting at ``kv_begin`` in ``node_kv_indices``) and the node's query group
 (``q_count`` queries starting at ``q_begin`` in the sorted query order).  The query heads that
 share the KV head are packed into rows (GQA): row ``r`` is query ``r // GROUP`` and head
@@ -16,8 +16,9 @@ Shapes and strides::
     q            [B, Hq, D]              any strides on B and H, unit stride on D
     k_cache      [num_slots, Hkv, D]     likewise; v_cache the same
     query_order  int32 [B]               sorted position -> query id
-    item_*       int32 [num_items]       kv_begin, kv_len, q_begin, q_count, slot_base
-    partial_out  fp32 [P, Hq, D]         normalised partial output of each (item, query)
+    items        int32 [5, num_items]    rows: kv_begin, kv_len, q_begin, q_count, slot_base
+    partial_out  [P, Hq, D]              normalised partial output of each (item, query), fp32
+                                         or q's 16-bit dtype
     partial_lse  fp32 [P, Hq]            its log2-sum-exp (log base 2, scaled scores)
 
 The partial slot of sorted query ``s`` in item ``i`` is ``slot_base[i] + s - q_begin[i]``.
@@ -38,30 +39,17 @@ def interpreter_active() -> bool:
 
 
 @triton.jit
-def _partial_attention_kernel(
-    q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr,
-    item_kv_begin_ptr, item_kv_len_ptr, item_q_begin_ptr, item_q_count_ptr, item_slot_base_ptr,
-    partial_out_ptr, partial_lse_ptr,
-    stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
-    stride_pp, stride_ph, stride_lp,
-    qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr,
-):
-    item = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    kv_begin = tl.load(item_kv_begin_ptr + item)
-    kv_len = tl.load(item_kv_len_ptr + item)
-    q_begin = tl.load(item_q_begin_ptr + item)
-    num_rows = tl.load(item_q_count_ptr + item) * GROUP
-    slot_base = tl.load(item_slot_base_ptr + item)
-
+def _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_out_ptr,
+                 partial_lse_ptr, kv_head, kv_begin, kv_len, q_begin, num_rows, slot_base,
+                 stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                 stride_pp, stride_ph, stride_lp, qk_scale_log2,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-
     for row_start in range(0, num_rows, BLOCK_M):
         rows = row_start + offs_m
         mask_m = rows < num_rows
@@ -109,28 +97,63 @@ def _partial_attention_kernel(
         tl.store(partial_lse_ptr + slot * stride_lp + head, m_i + tl.log2(l_i), mask=mask_m)
 
 
+@triton.jit
+def _partial_attention_kernel(
+    q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, num_items,
+    partial_out_ptr, partial_lse_ptr,
+    stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+    stride_pp, stride_ph, stride_lp,
+    qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+    SMALL_M: tl.constexpr, SMALL_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr,
+):
+    item = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    kv_begin = tl.load(items_ptr + item)
+    kv_len = tl.load(items_ptr + num_items + item)
+    q_begin = tl.load(items_ptr + 2 * num_items + item)
+    num_rows = tl.load(items_ptr + 3 * num_items + item) * GROUP
+    slot_base = tl.load(items_ptr + 4 * num_items + item)
+    # One launch serves items of every size, so all of them balance over the SMs together;
+    # items with few rows (plain decode, small groups) take the small row tile.
+    if SMALL_M == BLOCK_M or num_rows <= SMALL_M:
+        _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_out_ptr,
+                     partial_lse_ptr, kv_head, kv_begin, kv_len, q_begin, num_rows, slot_base,
+                     stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                     stride_pp, stride_ph, stride_lp, qk_scale_log2,
+                     HEAD_DIM, BLOCK_D, GROUP, SMALL_M, SMALL_N, DOT_FP32, IEEE_FP32)
+    else:
+        _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_out_ptr,
+                     partial_lse_ptr, kv_head, kv_begin, kv_len, q_begin, num_rows, slot_base,
+                     stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                     stride_pp, stride_ph, stride_lp, qk_scale_log2,
+                     HEAD_DIM, BLOCK_D, GROUP, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+
+
 def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items, partial_out,
-                             partial_lse, sm_scale: float, block_m: int, block_n: int,
-                             num_warps: int, num_stages: int) -> None:
-    """Run phase 1 over ``items`` (int32 [5, num_items]: kv_begin, kv_len, q_begin, q_count,
-    slot_base).  Writes ``partial_out``/``partial_lse``; no host synchronisation."""
+                             partial_lse, sm_scale: float, small_m: int, small_n: int,
+                             block_m: int, block_n: int, num_warps: int, num_stages: int):
+    """Run phase 1 over ``items`` (int32 [5, num_items], contiguous: kv_begin, kv_len, q_begin,
+    q_count, slot_base).  Items of at most ``small_m`` rows use ``small_m x small_n`` tiles, the
+    others ``block_m x block_n``.  Writes ``partial_out``/``partial_lse``; no host sync.
+    Returns the compiled kernel (registers, spills, shared memory), or None for no items."""
     num_items = items.shape[1]
     if num_items == 0:
-        return
+        return None
     num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
     group = q.shape[1] // num_kv_heads
     interpret = interpreter_active()
     fp32_inputs = q.dtype == torch.float32
-    _partial_attention_kernel[(num_items, num_kv_heads)](
-        q, k_cache, v_cache, kv_indices, query_order,
-        items[0], items[1], items[2], items[3], items[4],
+    return _partial_attention_kernel[(num_items, num_kv_heads)](
+        q, k_cache, v_cache, kv_indices, query_order, items, num_items,
         partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1),
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
         sm_scale * LOG2E,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), GROUP=group,
-        BLOCK_M=block_m, BLOCK_N=block_n,
+        SMALL_M=small_m, SMALL_N=small_n, BLOCK_M=block_m, BLOCK_N=block_n,
         # The interpreter's bf16 dot is wrong (design.md); fp32 tests want exact fp32 products.
         DOT_FP32=interpret and q.dtype != torch.float16,
         IEEE_FP32=fp32_inputs or (interpret and q.dtype == torch.bfloat16),

@@ -11,8 +11,8 @@ Planning (host side, numpy):
    may be split into row groups that re-read the KV (from L2): fewer partial results, more
    parallelism.  ``stats()`` reports those re-reads.
 
-Running (device side, no host work): phase 1 (``partial_attention``) per row-size bucket, then
-phase 2 (``merge``) per query.
+Running (device side, no host work): phase 1 (``partial_attention``, one launch over all work
+items, heaviest first), then phase 2 (``merge``) per query.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .merge import launch_merge
+from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
 from .tree import TreeLayout, build_layout, validate_tree
 
-ROW_BUCKETS = (16, 32, 64)  # BLOCK_M of each phase-1 launch; items go to the smallest that fits
+SMALL_M = 16  # phase-1 row tile of items with few rows (plain decode, small groups)
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,20 @@ class PlannerConfig:
     """Tuning knobs of the planner (defaults chosen for Hopper; all validated).
 
     block_n : KV tokens per block inside a chunk (0 = by head_dim: 64, or 32 above 128).
+    block_m : row tile of items with more than 16 rows (32, 64 or 128).
+    small_block_n : KV tokens per block for items of at most 16 rows.
     waves : programs per SM the chunking aims for.
     num_sms : SMs to balance over (0 = read from the device, 132 when unknown).
     min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
     reread_min_queries : groups larger than this may be split into re-reading row groups.
     reread_group_rows : rows per re-reading row group.
     l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
+    fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
     """
 
     block_n: int = 0
+    block_m: int = 64
+    small_block_n: int = 64
     waves: float = 4.0
     num_sms: int = 0
     min_chunk_partial_ratio: float = 4.0
@@ -50,11 +55,17 @@ class PlannerConfig:
     reread_group_rows: int = 128
     l2_bytes: int = 0
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
+    fp32_partials: bool = False
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
             raise ValueError(f"PlannerConfig.block_n must be 0, 16, 32, 64 or 128, got {self.block_n}")
+        if self.small_block_n not in (16, 32, 64, 128):
+            raise ValueError(f"PlannerConfig.small_block_n must be 16, 32, 64 or 128, "
+                             f"got {self.small_block_n}")
+        if self.block_m not in (32, 64, 128):
+            raise ValueError(f"PlannerConfig.block_m must be 32, 64 or 128, got {self.block_m}")
         for name in ("waves", "min_chunk_partial_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be positive")
@@ -108,10 +119,10 @@ def _chunk_lengths(tokens: np.ndarray, rows: np.ndarray, num_kv_heads: int, num_
                    block_n: int, config: PlannerConfig) -> np.ndarray:
     """Tokens per chunk for each segment, from a cost model in units of one KV token read.
 
-    A token costs 1 to read plus ``rows/64`` for the tensor-core work of its row tiles (rows pad
-    to at least 16); a partial result costs about 2 (written once, read once by the merge).
+    A token costs 1 to read plus ``rows/64`` for the tensor-core work of its row tiles (rows
+    padded to whole tiles); a partial result costs about 2 (written once, read once by the merge).
     """
-    cost_per_token = 1.0 + np.maximum(rows, 16) / 64.0
+    cost_per_token = 1.0 + _padded_rows(rows, config.block_m) / 64.0
     total = float(np.sum(tokens * cost_per_token))
     programs_per_head = max(1.0, config.waves * num_sms / num_kv_heads)
     target = max(total / programs_per_head, 4.0 * block_n)
@@ -161,10 +172,12 @@ class TreeAttentionPlan:
     device: torch.device
     kv_indices: torch.Tensor           # int32 [total]
     query_order: torch.Tensor          # int32 [B]
-    buckets: list                      # [(BLOCK_M, int32 [5, n_items])]
+    items: torch.Tensor                # int32 [5, num_items], heaviest item first
+    block_m: int
     merge_indptr: torch.Tensor         # int32 [B+1]
     merge_slots: torch.Tensor          # int32 [P]
     block_n: int
+    merge_shape: tuple
     config: PlannerConfig
     _stats: dict = field(default_factory=dict)
     _workspace: dict = field(default_factory=dict)
@@ -181,12 +194,15 @@ class TreeAttentionPlan:
         """
         return dict(self._stats)
 
-    def _partials(self) -> tuple[torch.Tensor, torch.Tensor]:
-        key = "partials"
+    def _partials(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # Partial outputs are normalised (|o| <= max |v|), so the input's 16-bit type holds them
+        # at the output's own precision; accumulation and LSE stay fp32.
+        dtype = torch.float32 if self.config.fp32_partials else dtype
+        key = ("partials", dtype)
         if key not in self._workspace:
             rows = max(self.num_partials, 1)
             self._workspace[key] = (
-                torch.empty(rows, self.num_qo_heads, self.head_dim, dtype=torch.float32,
+                torch.empty(rows, self.num_qo_heads, self.head_dim, dtype=dtype,
                             device=self.device),
                 torch.empty(rows, self.num_qo_heads, dtype=torch.float32, device=self.device))
         return self._workspace[key]
@@ -213,12 +229,13 @@ class TreeAttentionPlan:
         sm_scale = 1.0 / math.sqrt(self.head_dim) if sm_scale is None else float(sm_scale)
         if out is None:
             out = torch.empty_like(q)
-        partial_out, partial_lse = self._partials()
-        for block_m, items in self.buckets:
-            launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order, items,
-                                     partial_out, partial_lse, sm_scale, block_m, self.block_n,
-                                     self.config.num_warps, self.config.num_stages)
-        launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out)
+        partial_out, partial_lse = self._partials(q.dtype)
+        launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
+                                 self.items, partial_out, partial_lse, sm_scale, SMALL_M,
+                                 self.config.small_block_n, self.block_m, self.block_n,
+                                 self.config.num_warps, self.config.num_stages)
+        launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
+                     *self.merge_shape)
         return out
 
 
@@ -249,19 +266,9 @@ def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None
         raise ValueError("out must match q's shape and dtype, with unit stride on head_dim")
 
 
-def _bucket_items(items: np.ndarray, group: int) -> list[tuple[int, np.ndarray]]:
-    """Split items (int64 [5, n]) by row count into BLOCK_M buckets, heaviest items first."""
-    rows = items[3] * group
-    bucket_of = np.searchsorted(np.asarray(ROW_BUCKETS), np.minimum(rows, ROW_BUCKETS[-1]))
-    tiles = -(-rows // np.asarray(ROW_BUCKETS)[bucket_of])
-    cost = items[1] * (1 + tiles)
-    result = []
-    for b, block_m in enumerate(ROW_BUCKETS):
-        members = np.nonzero(bucket_of == b)[0]
-        if members.size:
-            members = members[np.argsort(-cost[members], kind="stable")]
-            result.append((block_m, items[:, members]))
-    return result
+def _padded_rows(rows: np.ndarray, block_m: int) -> np.ndarray:
+    """Rows a program computes for an item: the row count padded to its row tiles."""
+    return np.where(rows <= SMALL_M, SMALL_M, -(-rows // block_m) * block_m)
 
 
 def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
@@ -277,25 +284,29 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     chunk_len = _chunk_lengths(tokens, seg.q_count * group, num_kv_heads, num_sms, block_n, config)
     items = np.stack(_work_items(layout, seg, chunk_len))
     merge_indptr, merge_slots, partial_counts = _merge_lists(layout, items[2], items[3], items[4])
-    buckets = _bucket_items(items, group)
+    rows = items[3] * group
+    block_m = config.block_m
+    padded = _padded_rows(rows, block_m)
+    items = items[:, np.argsort(-(items[1] * (1.0 + padded / 64.0)), kind="stable")]
+    rows = items[3] * group
 
     # One host-to-device copy for all metadata.
-    parts = [layout.kv_indices, layout.query_order, merge_indptr, merge_slots]
-    parts += [b[1].reshape(-1) for b in buckets]
+    parts = [layout.kv_indices, layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
     blob = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
     views, offset = [], 0
     for p in parts:
         views.append(blob[offset:offset + p.size])
         offset += p.size
     kv_indices, query_order, d_indptr, d_slots = views[:4]
-    d_buckets = [(bm, v.view(5, -1)) for (bm, _), v in zip(buckets, views[4:])]
+    d_items = views[4].view(5, -1)
 
     num_partials = int(merge_slots.shape[0])
+    most_partials = int(partial_counts.max()) if partial_counts.size else 1
+    merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim, most_partials,
+                                     num_sms)
     node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
     needed = node_queries > 0
-    rows = items[3] * group
-    bucket_of = np.searchsorted(np.asarray(ROW_BUCKETS), np.minimum(rows, ROW_BUCKETS[-1]))
-    tiles_per_item = -(-rows // np.asarray(ROW_BUCKETS)[bucket_of])
+    tiles_per_item = np.where(rows <= SMALL_M, 1, -(-rows // block_m))
     stats = dict(
         num_nodes=layout.num_nodes,
         num_queries=layout.num_queries,
@@ -303,14 +314,17 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
         num_work_items=int(items.shape[1]),
         num_partials=num_partials,
         max_partials_per_query=int(partial_counts.max()) if partial_counts.size else 0,
+        merge_shape=merge_shape,
         unique_kv_tokens=int(np.sum(node_tokens[needed])),
         loaded_kv_tokens=int(np.sum(items[1])),
         l2_reread_kv_tokens=int(np.sum(items[1] * (tiles_per_item - 1))),
         per_request_kv_tokens=int(np.sum(node_tokens * (layout.query_end - layout.query_begin))),
-        partial_bytes=num_partials * num_qo_heads * (head_dim + 1) * 4,
+        partial_bytes=num_partials * num_qo_heads * (
+            head_dim * (4 if config.fp32_partials else kv_elem_bytes) + 4),
         block_n=block_n,
-        buckets={bm: int(it.shape[1]) for bm, it in buckets},
+        row_tiles=int(np.sum(tiles_per_item)),
     )
     return TreeAttentionPlan(num_qo_heads, num_kv_heads, head_dim, layout.num_queries,
-                             num_partials, device, kv_indices, query_order, d_buckets, d_indptr,
-                             d_slots, block_n, config, stats)
+                             num_partials, device, kv_indices, query_order, d_items,
+                             SMALL_M if rows.size == 0 or rows.max() <= SMALL_M else block_m,
+                             d_indptr, d_slots, block_n, merge_shape, config, stats)

@@ -7,12 +7,12 @@ import torch
 from deft_sglang.kernels import (PlannerConfig, plan_tree_attention, tree_attention,
                                  tree_attention_reference)
 
-from .trees import chain, make_forest, random_forest, random_qkv, star
+from .trees import DEVICE, chain, make_forest, random_forest, random_qkv, star
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
-def run_case(forest, hq, hkv, d, dtype, seed=0, config=None, device="cpu"):
+def run_case(forest, hq, hkv, d, dtype, seed=0, config=None, device=DEVICE):
     q, k, v = random_qkv(forest, len(forest.query_node), hq, hkv, d, dtype, device, seed)
     args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
     if config is None:
@@ -97,7 +97,7 @@ def test_explicit_sm_scale_and_out_buffer():
     forest = SHAPES["star"]
     q, k, v = random_qkv(forest, len(forest.query_node), 4, 2, 32, torch.float32)
     args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
-    plan = plan_tree_attention(*args, num_qo_heads=4, num_kv_heads=2, head_dim=32, device="cpu")
+    plan = plan_tree_attention(*args, num_qo_heads=4, num_kv_heads=2, head_dim=32, device=DEVICE)
     out = torch.full_like(q, float("nan"))
     plan.run(q, k, v, sm_scale=0.3, out=out)
     ref = tree_attention_reference(q, k, v, *args, sm_scale=0.3)
@@ -107,7 +107,7 @@ def test_explicit_sm_scale_and_out_buffer():
 def test_plan_reused_across_layers():
     forest = SHAPES["deep_star"]
     args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
-    plan = plan_tree_attention(*args, num_qo_heads=4, num_kv_heads=2, head_dim=32, device="cpu")
+    plan = plan_tree_attention(*args, num_qo_heads=4, num_kv_heads=2, head_dim=32, device=DEVICE)
     for layer in range(3):
         q, k, v = random_qkv(forest, len(forest.query_node), 4, 2, 32, torch.float32, seed=layer)
         ref = tree_attention_reference(q, k, v, *args)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+# Kernels run on the GPU when there is one, else on the CPU under TRITON_INTERPRET=1.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 @dataclass
 class Forest:
@@ -51,7 +54,7 @@ def star(prefix: int, branches: int, tail: int) -> Forest:
                        list(range(1, branches + 1)))
 
 
-def random_qkv(forest: Forest, batch, num_qo_heads, num_kv_heads, head_dim, dtype, device="cpu",
+def random_qkv(forest: Forest, batch, num_qo_heads, num_kv_heads, head_dim, dtype, device=DEVICE,
                seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     def rnd(*shape):

@@ -1,0 +1,103 @@
+"""LSE merge == attention over concatenated KV; plan IO statistics; exact-once loading."""
+import random
+
+import pytest
+import torch
+
+from deft_sglang.kernels import (attention_with_lse, merge_attention_states,
+                                 merge_states_reference, plan_tree_attention)
+
+from .trees import DEVICE, make_forest, random_forest, star
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("split", [1, 7, 19])
+def test_merging_two_partials_equals_attention_over_concatenation(dtype, split):
+    g = torch.Generator().manual_seed(split)
+    q = torch.randn(8, 32, generator=g)
+    k = torch.randn(20, 2, 32, generator=g)
+    v = torch.randn(20, 2, 32, generator=g)
+    scale = 32 ** -0.5
+    o_a, lse_a = attention_with_lse(q, k[:split], v[:split], scale)
+    o_b, lse_b = attention_with_lse(q, k[split:], v[split:], scale)
+    o_all, lse_all = attention_with_lse(q, k, v, scale)
+    ref_o, ref_lse = merge_states_reference(o_a, lse_a, o_b, lse_b)
+    assert torch.allclose(ref_o, o_all, atol=1e-10) and torch.allclose(ref_lse, lse_all)
+    out, lse = merge_attention_states(o_a.to(DEVICE, dtype), lse_a.float().to(DEVICE),
+                                      o_b.to(DEVICE, dtype), lse_b.float().to(DEVICE))
+    out, lse = out.cpu(), lse.cpu()
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert out.dtype == dtype
+    assert (out.double() - o_all).abs().max().item() < tol
+    assert (lse.double() - lse_all).abs().max().item() < 1e-5
+
+
+def test_merge_with_an_empty_side():
+    o = torch.randn(3, 4, 16, device=DEVICE)
+    lse = torch.randn(3, 4, device=DEVICE)
+    empty_lse = torch.full((3, 4), float("-inf"), device=DEVICE)
+    out, merged = merge_attention_states(o, lse, torch.zeros_like(o), empty_lse)
+    assert torch.allclose(out, o, atol=1e-6) and torch.allclose(merged, lse)
+
+
+def test_merge_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        merge_attention_states(torch.zeros(2, 8), torch.zeros(2), torch.zeros(3, 8), torch.zeros(3))
+
+
+def plan_for(forest, hq=32, hkv=8, d=128, **kwargs):
+    return plan_tree_attention(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                               num_qo_heads=hq, num_kv_heads=hkv, head_dim=d, device="cpu",
+                               **kwargs)
+
+
+def test_stats_few_shot_tree_counts():
+    forest = star(prefix=4000, branches=50, tail=400)
+    stats = plan_for(forest).stats()
+    assert stats["unique_kv_tokens"] == 4000 + 50 * 400
+    assert stats["per_request_kv_tokens"] == 50 * 4400
+    assert stats["loaded_kv_tokens"] == stats["unique_kv_tokens"]
+    assert stats["num_groups"] == 51
+    assert stats["partial_bytes"] == stats["num_partials"] * 32 * (128 * 2 + 4)  # bf16 partials
+
+
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("heads", [(32, 8), (16, 1), (4, 4)])
+def test_each_unique_token_loaded_once_up_to_64_queries(seed, heads):
+    rng = random.Random(seed)
+    forest = random_forest(rng, max_nodes=30, max_tokens=3000, max_queries=64)
+    stats = plan_for(forest, hq=heads[0], hkv=heads[1]).stats()
+    assert stats["loaded_kv_tokens"] == stats["unique_kv_tokens"]
+
+
+def test_unused_nodes_are_not_loaded():
+    forest = make_forest([10, 20, 30], [-1, 0, 0], [1])
+    stats = plan_for(forest).stats()
+    assert stats["unique_kv_tokens"] == 30 and stats["loaded_kv_tokens"] == 30
+
+
+def test_huge_fanout_may_choose_rereads_and_reports_them():
+    forest = star(prefix=2048, branches=1024, tail=32)
+    stats = plan_for(forest).stats()
+    assert stats["unique_kv_tokens"] == 2048 + 1024 * 32
+    assert stats["loaded_kv_tokens"] > stats["unique_kv_tokens"]  # measured choice: re-reads
+    exact = plan_for(forest, config=__import__("deft_sglang.kernels", fromlist=["x"])
+                     .PlannerConfig(reread_min_queries=1 << 30)).stats()
+    assert exact["loaded_kv_tokens"] == exact["unique_kv_tokens"]
+    assert exact["partial_bytes"] > stats["partial_bytes"]
+
+
+@pytest.mark.parametrize("merge_shape", [(1, 1), (4, 2), (8, 16)])
+def test_merge_launch_shapes_agree(merge_shape):
+    from deft_sglang.kernels import tree_attention_reference
+
+    from .trees import random_qkv
+    forest = star(prefix=90, branches=5, tail=7)
+    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    plan = plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32, device=DEVICE,
+                               config=__import__("deft_sglang.kernels", fromlist=["x"])
+                               .PlannerConfig(block_n=16, waves=64.0, min_chunk_partial_ratio=0.01))
+    plan.merge_shape = merge_shape
+    q, k, v = random_qkv(forest, 5, 8, 2, 32, torch.float32)
+    err = (plan.run(q, k, v) - tree_attention_reference(q, k, v, *args)).abs().max().item()
+    assert err < 2e-5
