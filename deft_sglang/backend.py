@@ -1,0 +1,322 @@
+"""``DeftAttnBackend``: SGLang 0.5.17 attention backend whose decode runs DeFT tree attention.
+
+* Extend / prefill / mixed batches, and every decode batch DeFT does not handle, go to an inner
+  stock backend (``DEFT_FALLBACK_BACKEND``; default ``--attention-backend`` when it names a stock
+  backend, else ``triton``). With ``--prefill-attention-backend X`` SGLang's hybrid backend sends
+  prefill to ``X`` itself.
+* Decode: ``init_forward_metadata`` reads the batch's KV forest from the RadixCache
+  (:mod:`deft_sglang.tree_reader`, requests carried by the ``forward_batch`` patch) and plans
+  once; ``forward_decode`` saves the new token's K/V (as the stock backends do) and runs the plan
+  on the layer's K/V buffers.
+* CUDA graphs: not yet. Graph capture/replay calls go to the inner backend, so a batch replayed
+  from a graph decodes with the stock kernel; the ``server_args`` patch turns decode graphs off
+  by default so that every decode batch uses DeFT.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+from ._logging import info_once, logger, warn_once
+from .config import DeftConfig, get_config
+from .kernels import plan_tree_attention
+from .support import layer_unsupported_reason, model_unsupported_reason
+from .tree_reader import DecodeForest, chain_forest, read_decode_forest
+
+
+@dataclass
+class DeftStep:
+    """One decode step's plan (shared by all layers) and the forest it was built from."""
+
+    plan: object
+    forest: DecodeForest
+    batch_size: int
+
+
+def _create_inner(model_runner, name: str) -> AttentionBackend:
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    if name == "deft" or name not in ATTENTION_BACKENDS:
+        raise ValueError(f"DeFT fallback backend {name!r} is not a registered stock SGLang "
+                         "attention backend (set DEFT_FALLBACK_BACKEND)")
+    return ATTENTION_BACKENDS[name](model_runner)
+
+
+def _attention_shape(model_runner) -> tuple[int, int, int]:
+    """(q heads, kv heads, head_dim) per attention-TP rank, as SGLang's Triton backend sizes them."""
+    model_config = model_runner.model_config
+    try:
+        from sglang.srt.runtime_context import get_parallel
+        tp = get_parallel().attn_tp_size
+    except Exception:  # parallel state not published (unit tests)
+        tp = 1
+    q_heads = model_config.get_max_num_attention_heads() // tp
+    return q_heads, model_config.get_num_kv_heads(tp), model_config.head_dim
+
+
+def _pool_geometry(pool) -> tuple[Optional[int], int]:
+    """(slots per layer buffer, bytes per element) without touching a layer (no layer waits)."""
+    buffers = getattr(pool, "k_buffer", None)
+    if buffers:
+        return int(buffers[0].shape[0]), int(buffers[0].element_size())
+    return None, 2
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _host_ints(values) -> list[int]:
+    return [int(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+class DeftAttnBackend(AttentionBackend):
+    """DeFT decode with a stock SGLang backend for everything else.
+
+    Parameters
+    ----------
+    model_runner : sglang ModelRunner.
+    inner : AttentionBackend, optional
+        The stock backend to delegate to (default: built from the configuration).
+    config : DeftConfig, optional
+        Default: read from the environment and ``model_runner.server_args``.
+    """
+
+    needs_cpu_seq_lens: bool = True
+
+    def __init__(self, model_runner, inner: Optional[AttentionBackend] = None,
+                 config: Optional[DeftConfig] = None):
+        super().__init__()
+        self.config = config or get_config(getattr(model_runner, "server_args", None))
+        self.config.apply_log_level()
+        self.inner = inner if inner is not None else _create_inner(
+            model_runner, self.config.fallback_backend)
+        self.inner_name = type(self.inner).__name__
+        self.model_runner = model_runner
+        self.token_to_kv_pool = model_runner.token_to_kv_pool  # read by SGLang's forward context
+        self.req_to_token_pool = model_runner.req_to_token_pool
+        self.req_to_token = model_runner.req_to_token_pool.req_to_token
+        # The pool's own device (with its index: "cuda:3", not "cuda"), where plans must live.
+        self.device = self.req_to_token.device
+        self.q_heads, self.kv_heads, self.head_dim = _attention_shape(model_runner)
+        self.reason = model_unsupported_reason(model_runner)
+        self._step: Optional[DeftStep] = None
+        self._inner_ready = False
+        self.steps = 0
+        self.last_stats: Optional[dict] = None
+        self._announce()
+
+    def _announce(self) -> None:
+        if self.reason is not None:
+            warn_once("model", "DeFT: %s is not supported; decode uses the stock %s backend.",
+                      self.reason, self.inner_name)
+            return
+        from .patches import forward_batch
+
+        forward_batch.set_capture(True)
+        info_once("active", "DeFT tree attention active for decode (heads %d/%d, head_dim %d, "
+                  "page_size %s; extend and fallbacks: %s)", self.q_heads, self.kv_heads,
+                  self.head_dim, getattr(self.model_runner, "page_size", 1), self.inner_name)
+
+    def __getattr__(self, name):
+        # Backend-specific attributes SGLang or models may read (forward_metadata helpers,
+        # indexer hooks, ...) come from the inner backend.
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    @property
+    def forward_metadata(self):
+        return self.inner.forward_metadata
+
+    @forward_metadata.setter
+    def forward_metadata(self, value):
+        self.inner.forward_metadata = value
+
+    # ---- per-step metadata -------------------------------------------------------------------
+    def init_forward_metadata(self, forward_batch):
+        """Plan DeFT for a decode batch; anything else (or a failed plan) goes to the inner."""
+        self._step, self._inner_ready = None, False
+        if self.reason is None and forward_batch.forward_mode.is_decode() and not _capturing():
+            self._step = self._plan_or_none(forward_batch)
+        if self._step is None:
+            self.inner.init_forward_metadata(forward_batch)
+            self._inner_ready = True
+
+    def _plan_or_none(self, forward_batch) -> Optional[DeftStep]:
+        try:
+            return self._plan(forward_batch)
+        except Exception as exc:  # never fail a server step over DeFT: stock decode is exact
+            warn_once(f"plan:{type(exc).__name__}", "DeFT: planning a decode step failed (%s: %s); "
+                      "such steps decode with the stock %s kernel.", type(exc).__name__, exc,
+                      self.inner_name)
+            logger.debug("DeFT planning failure", exc_info=True)
+            return None
+
+    def _read_forest(self, forward_batch) -> Optional[DecodeForest]:
+        from .patches.forward_batch import ATTR
+
+        info = getattr(forward_batch, ATTR, None)
+        batch_size = forward_batch.batch_size
+        if info is not None and len(info.reqs) != batch_size:
+            return None  # padded or split batch: let the stock backend handle it
+        if forward_batch.seq_lens_cpu is not None:
+            seq_lens = _host_ints(forward_batch.seq_lens_cpu[:batch_size])
+        elif info is not None and info.seq_lens is not None:
+            seq_lens = list(info.seq_lens)
+        else:
+            seq_lens = _host_ints(forward_batch.seq_lens[:batch_size].cpu())
+        if info is not None and info.req_pool_indices is not None:
+            rows = list(info.req_pool_indices)
+        else:
+            rows = _host_ints(forward_batch.req_pool_indices[:batch_size].cpu())
+        if info is None:
+            return chain_forest(rows, seq_lens)
+        return read_decode_forest(info.reqs, rows, seq_lens, info.tree_cache, self.req_to_token,
+                                  verify=self.config.verify_tree)
+
+    def _plan(self, forward_batch) -> Optional[DeftStep]:
+        if forward_batch.batch_size < self.config.min_batch_size:
+            return None
+        forest = self._read_forest(forward_batch)
+        if forest is None:
+            return None
+        num_slots, elem_bytes = _pool_geometry(self.token_to_kv_pool)
+        plan = plan_tree_attention(
+            forest.node_parent, forest.node_kv_indptr, forest.gather_kv_indices(self.req_to_token),
+            forest.query_node, num_qo_heads=self.q_heads, num_kv_heads=self.kv_heads,
+            head_dim=self.head_dim, device=self.device, validate=self.config.validate_plan,
+            num_slots=num_slots, kv_elem_bytes=elem_bytes)
+        self.steps += 1
+        self._log_step(plan, forest, forward_batch.batch_size)
+        return DeftStep(plan, forest, forward_batch.batch_size)
+
+    def _log_step(self, plan, forest: DecodeForest, batch_size: int) -> None:
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
+        stats = plan.stats()
+        self.last_stats = stats
+        unique = max(stats.get("unique_kv_tokens", 0), 1)
+        logger.debug(
+            "DeFT step %d: bs=%d nodes=%d (tree %d) groups=%s work_items=%s unique_kv=%s "
+            "per_request_kv=%s (%.2fx) loaded_kv=%s partial_bytes=%s fallbacks=%s",
+            self.steps, batch_size, forest.num_nodes, forest.num_tree_nodes,
+            stats.get("num_groups"), stats.get("num_work_items"), stats.get("unique_kv_tokens"),
+            stats.get("per_request_kv_tokens"), stats.get("per_request_kv_tokens", 0) / unique,
+            stats.get("loaded_kv_tokens"), stats.get("partial_bytes"), forest.fallbacks or "none")
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
+        """Decode attention for one layer: DeFT when the step was planned, else the inner."""
+        step = self._step
+        if step is not None:
+            reason = layer_unsupported_reason(layer, self.q_heads, self.kv_heads, self.head_dim,
+                                              kwargs)
+            if reason is None:
+                try:
+                    return self._deft_decode(step, q, k, v, layer, forward_batch, save_kv_cache)
+                except Exception as exc:  # e.g. a kernel that fails to compile: stay up
+                    self._step, self.reason = None, f"decode kernel failure ({exc})"
+                    warn_once(f"run:{type(exc).__name__}", "DeFT: decode kernel failed (%s: %s); "
+                              "decoding continues with the stock %s kernel.",
+                              type(exc).__name__, exc, self.inner_name)
+                    logger.debug("DeFT run failure", exc_info=True)
+            else:
+                warn_once(f"layer:{reason}", "DeFT: %s is not supported; such layers decode with "
+                          "the stock %s kernel.", reason, self.inner_name)
+        if not self._inner_ready:
+            self.inner.init_forward_metadata(forward_batch)
+            self._inner_ready = True
+        extra = {k_: v_ for k_, v_ in kwargs.items() if v_ is not None}
+        return self.inner.forward_decode(q, k, v, layer, forward_batch,
+                                         save_kv_cache=save_kv_cache, **extra)
+
+    @torch.compiler.disable  # like SGLang's Triton backend: keep Triton launches out of dynamo
+    def _deft_decode(self, step: DeftStep, q, k, v, layer, forward_batch, save_kv_cache):
+        if save_kv_cache and k is not None and v is not None:
+            self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc), k, v)
+        q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+        out = q3.new_empty((q3.shape[0], layer.tp_q_head_num, layer.v_head_dim))
+        step.plan.run(q3, self.token_to_kv_pool.get_key_buffer(layer.layer_id),
+                      self.token_to_kv_pool.get_value_buffer(layer.layer_id),
+                      sm_scale=layer.scaling, out=out, check=self.steps <= 1)
+        return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
+        """Extend / prefill: the inner backend."""
+        return self.inner.forward_extend(q, k, v, layer, forward_batch,
+                                         save_kv_cache=save_kv_cache, **kwargs)
+
+    def forward_mixed(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True):
+        return self.inner.forward_mixed(q, k, v, layer, forward_batch, save_kv_cache)
+
+    # ---- CUDA graphs and other hooks: the inner backend --------------------------------------
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        if self.reason is None:
+            warn_once("graphs", "DeFT: decode batches replayed from CUDA graphs use the stock %s "
+                      "kernel (DeFT graphs are not implemented yet).", self.inner_name)
+        return self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        self._step, self._inner_ready = None, True
+        return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
+
+    def init_forward_metadata_in_graph(self, forward_batch):
+        return self.inner.init_forward_metadata_in_graph(forward_batch)
+
+    def get_cuda_graph_seq_len_fill_value(self):
+        return self.inner.get_cuda_graph_seq_len_fill_value()
+
+    def on_after_cuda_graph_warmup(self):
+        return self.inner.on_after_cuda_graph_warmup()
+
+    def draft_extend_metadata_captured_in_graph(self) -> bool:
+        return self.inner.draft_extend_metadata_captured_in_graph()
+
+    @property
+    def use_captured_forward_metadata_for_breakable_cuda_graph(self) -> bool:
+        return self.inner.use_captured_forward_metadata_for_breakable_cuda_graph
+
+    @property
+    def supports_full_cuda_graph_chunked_prefix(self) -> bool:
+        return self.inner.supports_full_cuda_graph_chunked_prefix
+
+    @property
+    def supports_ragged_verify_graph(self) -> bool:
+        return self.inner.supports_ragged_verify_graph
+
+    def prepare_full_cuda_graph_chunked_prefix(self, forward_batch, *, in_capture: bool) -> None:
+        return self.inner.prepare_full_cuda_graph_chunked_prefix(forward_batch,
+                                                                 in_capture=in_capture)
+
+    def init_forward_metadata_for_breakable_cuda_graph_capture(self, forward_batch):
+        self._step, self._inner_ready = None, True
+        return self.inner.init_forward_metadata_for_breakable_cuda_graph_capture(forward_batch)
+
+    def prepare_forward_metadata_for_breakable_cuda_graph_replay(
+            self, capture_metadata, forward_batch, *, static_forward_batch=None) -> None:
+        self._step, self._inner_ready = None, True
+        return self.inner.prepare_forward_metadata_for_breakable_cuda_graph_replay(
+            capture_metadata, forward_batch, static_forward_batch=static_forward_batch)
+
+    @property
+    def verify_mask(self):
+        return self.inner.verify_mask
+
+    def update_verify_buffers_to_fill_after_draft(self, spec_info, cuda_graph_bs):
+        return self.inner.update_verify_buffers_to_fill_after_draft(spec_info, cuda_graph_bs)
+
+    def support_triton(self):
+        return self.inner.support_triton()
+
+    def get_indexer_metadata(self, layer_id: int, forward_batch):
+        return self.inner.get_indexer_metadata(layer_id, forward_batch)

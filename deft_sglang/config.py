@@ -1,0 +1,165 @@
+"""DeFT runtime configuration, read from ``DEFT_*`` environment variables (and server args).
+
+Every variable is validated when read; a bad value raises ``ValueError`` naming the variable.
+
+======================================  =========  ==============================================
+Variable                                Default    Meaning
+======================================  =========  ==============================================
+``DEFT_ENABLE``                         ``0``      Make DeFT the decode attention of the SGLang
+                                                   servers/engines this process (and its spawned
+                                                   schedulers) starts. Set by ``enable()``.
+``DEFT_ALLOW_UNSUPPORTED_SGLANG``       ``0``      Run on an SGLang other than 0.5.17 (warns).
+``DEFT_FALLBACK_BACKEND``               (auto)     Stock backend for extend/prefill and for the
+                                                   decode batches DeFT does not handle; default:
+                                                   ``--attention-backend`` when it names a stock
+                                                   backend, else ``triton``.
+``DEFT_CUDA_GRAPH``                     disable    ``disable``: turn decode CUDA graphs off when
+                                                   DeFT decodes; ``fallback``: keep them, and
+                                                   graph-replayed batches use the stock kernel.
+``DEFT_VERIFY_TREE``                    ``0``      Check every shared node's KV slots against
+                                                   each request's ``req_to_token`` row (a device
+                                                   sync per step; for debugging).
+``DEFT_VALIDATE_PLAN``                  ``1``      Validate the forest handed to the planner.
+``DEFT_MIN_BATCH_SIZE``                 ``1``      Decode batches smaller than this use the
+                                                   stock kernel.
+``DEFT_LOG_LEVEL``                      (unset)    Level of the ``deft_sglang`` logger, e.g.
+                                                   ``debug`` for per-step stats without SGLang's
+                                                   own debug output.
+======================================  =========  ==============================================
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+CUDA_GRAPH_MODES = ("disable", "fallback")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_ENABLE = "DEFT_ENABLE"
+ENV_ALLOW_UNSUPPORTED = "DEFT_ALLOW_UNSUPPORTED_SGLANG"
+
+
+def _get_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+
+
+def _get_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _get_choice(env: Mapping[str, str], name: str, default: str, choices) -> str:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def _fallback_backend(env: Mapping[str, str], server_args: Any) -> str:
+    raw = env.get("DEFT_FALLBACK_BACKEND")
+    if raw is not None and raw.strip():
+        value = raw.strip()
+        if value == "deft":
+            raise ValueError("DEFT_FALLBACK_BACKEND must name a stock SGLang backend, not 'deft'")
+        if not value.replace("_", "").isalnum():
+            raise ValueError(f"DEFT_FALLBACK_BACKEND={raw!r} is not a backend name")
+        return value
+    stock = getattr(server_args, "attention_backend", None) if server_args is not None else None
+    if stock and stock != "deft":
+        return str(stock)
+    return "triton"
+
+
+@dataclass(frozen=True)
+class DeftConfig:
+    """DeFT settings of this process; build with :meth:`DeftConfig.from_env`.
+
+    Attributes
+    ----------
+    enable : bool
+        DeFT is the decode attention of the engines/servers started from here.
+    allow_unsupported_sglang : bool
+        Proceed (with a warning) on an SGLang version other than the supported one.
+    fallback_backend : str
+        Stock SGLang backend name for extend/prefill and for decode batches DeFT skips.
+    cuda_graph : str
+        ``"disable"`` or ``"fallback"``; see the module docstring.
+    verify_tree : bool
+        Compare shared nodes' slots with every request's ``req_to_token`` row each step.
+    validate_plan : bool
+        Validate the forest arrays in the planner.
+    min_batch_size : int
+        Smallest decode batch DeFT handles.
+    log_level : str or None
+        Level for the ``deft_sglang`` logger (None: inherit SGLang's).
+    """
+
+    enable: bool = False
+    allow_unsupported_sglang: bool = False
+    fallback_backend: str = "triton"
+    cuda_graph: str = "disable"
+    verify_tree: bool = False
+    validate_plan: bool = True
+    min_batch_size: int = 1
+    log_level: Optional[str] = None
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None,
+                 server_args: Any = None) -> "DeftConfig":
+        """Read and validate the ``DEFT_*`` variables.
+
+        Parameters
+        ----------
+        environ : mapping, optional
+            Defaults to ``os.environ``.
+        server_args : sglang ServerArgs, optional
+            Supplies the default fallback backend (its ``attention_backend``).
+
+        Raises
+        ------
+        ValueError
+            Naming the variable whose value is invalid.
+        """
+        env = os.environ if environ is None else environ
+        return cls(
+            enable=_get_bool(env, ENV_ENABLE, False),
+            allow_unsupported_sglang=_get_bool(env, ENV_ALLOW_UNSUPPORTED, False),
+            fallback_backend=_fallback_backend(env, server_args),
+            cuda_graph=_get_choice(env, "DEFT_CUDA_GRAPH", "disable", CUDA_GRAPH_MODES),
+            verify_tree=_get_bool(env, "DEFT_VERIFY_TREE", False),
+            validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", True),
+            min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
+            log_level=_get_choice(env, "DEFT_LOG_LEVEL", "", LOG_LEVELS) or None,
+        )
+
+    def apply_log_level(self) -> None:
+        """Set the ``deft_sglang`` logger's level when ``DEFT_LOG_LEVEL`` asks for one."""
+        if self.log_level:
+            import logging
+            logging.getLogger("deft_sglang").setLevel(self.log_level.upper())
+
+
+def get_config(server_args: Any = None) -> DeftConfig:
+    """The configuration of this process, read now from ``os.environ``."""
+    return DeftConfig.from_env(None, server_args)

@@ -1,0 +1,47 @@
+"""DeftConfig: defaults, parsing and loud validation (no SGLang needed)."""
+import types
+
+import pytest
+
+from deft_sglang.config import DeftConfig
+
+
+def test_defaults():
+    cfg = DeftConfig.from_env({})
+    assert cfg == DeftConfig()
+    assert cfg.fallback_backend == "triton" and cfg.cuda_graph == "disable"
+    assert not cfg.enable and cfg.validate_plan and cfg.min_batch_size == 1
+
+
+def test_parsing():
+    cfg = DeftConfig.from_env({"DEFT_ENABLE": "yes", "DEFT_CUDA_GRAPH": "Fallback",
+                               "DEFT_VERIFY_TREE": "on", "DEFT_VALIDATE_PLAN": "0",
+                               "DEFT_MIN_BATCH_SIZE": "4", "DEFT_FALLBACK_BACKEND": "flashinfer"})
+    assert cfg.enable and cfg.verify_tree and not cfg.validate_plan
+    assert cfg.cuda_graph == "fallback" and cfg.min_batch_size == 4
+    assert cfg.fallback_backend == "flashinfer"
+    assert DeftConfig.from_env({"DEFT_LOG_LEVEL": "DEBUG"}).log_level == "debug"
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"DEFT_ENABLE": "maybe"}, "DEFT_ENABLE"),
+    ({"DEFT_CUDA_GRAPH": "always"}, "DEFT_CUDA_GRAPH"),
+    ({"DEFT_MIN_BATCH_SIZE": "0"}, "DEFT_MIN_BATCH_SIZE"),
+    ({"DEFT_MIN_BATCH_SIZE": "two"}, "DEFT_MIN_BATCH_SIZE"),
+    ({"DEFT_FALLBACK_BACKEND": "deft"}, "DEFT_FALLBACK_BACKEND"),
+    ({"DEFT_FALLBACK_BACKEND": "a b"}, "DEFT_FALLBACK_BACKEND"),
+    ({"DEFT_ALLOW_UNSUPPORTED_SGLANG": "2"}, "DEFT_ALLOW_UNSUPPORTED_SGLANG"),
+    ({"DEFT_LOG_LEVEL": "loud"}, "DEFT_LOG_LEVEL"),
+])
+def test_invalid_values_name_the_variable(env, name):
+    with pytest.raises(ValueError, match=name):
+        DeftConfig.from_env(env)
+
+
+def test_fallback_follows_server_args():
+    args = types.SimpleNamespace(attention_backend="flashinfer")
+    assert DeftConfig.from_env({}, args).fallback_backend == "flashinfer"
+    args.attention_backend = "deft"
+    assert DeftConfig.from_env({}, args).fallback_backend == "triton"
+    assert DeftConfig.from_env({"DEFT_FALLBACK_BACKEND": "torch_native"},
+                               args).fallback_backend == "torch_native"
