@@ -1,0 +1,284 @@
+"""GPU end to end: stock SGLang (Triton backend) vs DeFT on one model, outputs and decode speed.
+
+For each launch in ``--launches`` a server (or, for ``deft_engine``, an in-process engine) is
+started on ``--model-path`` with ``--load-format dummy``, then:
+
+* correctness: ``--groups`` x ``--width`` forked requests (each group: a random-token prefix
+  run once to cache it, then ``width`` branches = prefix + 4 distinct tokens, all groups' branches
+  in one batch), greedy, ``return_logprob`` with ``top_logprobs_num=2``; every DeFT launch is
+  compared with ``stock`` (see ``_e2e_metrics``);
+* throughput: prefix ~1k / 8k x width 16 / 32 / 64 x 256 new tokens (``ignore_eos``), decode
+  tokens per second of the branch batch (prefix cached first).
+
+Launches: ``stock`` (``--attention-backend triton``, decode CUDA graphs off), ``deft``
+(``python -m sglang.launch_server --attention-backend deft``), ``deft_module``
+(``python -m deft_sglang.launch_server``), ``deft_engine`` (``deft_sglang.enable()`` +
+``sgl.Engine``), ``stock_graphs`` (Triton with decode CUDA graphs on: the reference number).
+DeFT decodes without CUDA graphs for now, so the like-for-like pair is stock vs deft.
+
+    python examples/e2e_compare.py --model-path /tmp/sglang-0.5.17/models/llama-1b-shape \\
+        --out benchmarks/results/e2e-llama-1b [--quick]
+
+Writes ``e2e.json`` (+ server logs, raw outputs) under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import EngineClient, HTTPClient  # noqa: E402
+from _e2e_metrics import Generation, compare  # noqa: E402
+
+LAUNCHES = ("stock", "deft", "deft_module", "deft_engine", "stock_graphs")
+SERVER_FLAGS = {
+    "stock": ["-m", "sglang.launch_server", "--attention-backend", "triton",
+              "--cuda-graph-backend-decode", "disabled"],
+    "deft": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
+    "deft_module": ["-m", "deft_sglang.launch_server"],
+    "stock_graphs": ["-m", "sglang.launch_server", "--attention-backend", "triton"],
+}
+DEFAULT_EXTRA = "--sampling-backend pytorch --skip-server-warmup"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--quick", action="store_true", help="short outputs, one throughput point")
+    p.add_argument("--launches", default="stock,deft,deft_module,deft_engine,stock_graphs")
+    p.add_argument("--extra-server-args", default=DEFAULT_EXTRA,
+                   help=f"appended to every launch (default: {DEFAULT_EXTRA!r})")
+    p.add_argument("--groups", type=int, default=10)
+    p.add_argument("--width", type=int, default=20)
+    p.add_argument("--prefix-len", type=int, default=512)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--launch-timeout", type=float, default=1200.0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.launches = [x.strip() for x in args.launches.split(",") if x.strip()]
+    unknown = set(args.launches) - set(LAUNCHES)
+    if unknown:
+        p.error(f"unknown launches {sorted(unknown)}; choose from {', '.join(LAUNCHES)}")
+    if args.quick:
+        args.new_tokens, args.prefix_len = min(args.new_tokens, 24), min(args.prefix_len, 256)
+    args.grid = ([(1024, 16, 64)] if args.quick else
+                 [(p_, w, 256) for p_ in (1024, 8192) for w in (16, 32, 64)])
+    return args
+
+
+def vocab_size(model_path: str) -> int:
+    with open(os.path.join(model_path, "config.json")) as f:
+        return int(json.load(f).get("vocab_size", 32000))
+
+
+def random_ids(rng: random.Random, n: int, vocab: int) -> list:
+    return [rng.randrange(3, vocab) for _ in range(n)]
+
+
+def correctness_requests(args, vocab: int) -> tuple[list, list]:
+    """(prefixes, branches): ``groups`` prefixes and ``groups*width`` forked branch prompts."""
+    rng = random.Random(args.seed)
+    prefixes = [random_ids(rng, args.prefix_len, vocab) for _ in range(args.groups)]
+    branches = [p + random_ids(rng, 4, vocab) for p in prefixes for _ in range(args.width)]
+    return prefixes, branches
+
+
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
+
+
+def run_correctness(client, args, vocab: int) -> list:
+    prefixes, branches = correctness_requests(args, vocab)
+    client.generate(input_ids=prefixes, sampling_params={**GREEDY, "max_new_tokens": 1})
+    results = client.generate(input_ids=branches,
+                              sampling_params={**GREEDY, "max_new_tokens": args.new_tokens},
+                              return_logprob=True, top_logprobs_num=2)
+    return [Generation.from_result(r) for r in results]
+
+
+def run_throughput(client, args, vocab: int) -> list:
+    rng = random.Random(args.seed + 1)
+    warm = random_ids(rng, 64, vocab)
+    client.generate(input_ids=[warm + [i + 3] for i in range(4)],
+                    sampling_params={**GREEDY, "max_new_tokens": 16})
+    rows = []
+    for prefix_len, width, new_tokens in args.grid:
+        client.flush_cache()
+        prefix = random_ids(rng, prefix_len, vocab)
+        client.generate(input_ids=[prefix], sampling_params={**GREEDY, "max_new_tokens": 1})
+        branches = [prefix + [3 + i] for i in range(width)]
+        start = time.perf_counter()
+        out = client.generate(input_ids=branches,
+                              sampling_params={**GREEDY, "max_new_tokens": new_tokens})
+        wall = time.perf_counter() - start
+        tokens = sum(int(o["meta_info"]["completion_tokens"]) for o in out)
+        rows.append({"prefix": prefix_len, "width": width, "new_tokens": new_tokens,
+                     "tokens": tokens, "wall_s": round(wall, 4),
+                     "decode_tok_s": round(tokens / wall, 2)})
+        print(f"    prefix {prefix_len:>5} x width {width:>3}: {tokens / wall:9.1f} tok/s",
+              flush=True)
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stock_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "DEFT_ENABLE"}
+
+
+def start_server(name: str, args, port: int) -> tuple[subprocess.Popen, list, str]:
+    cmd = [sys.executable, *SERVER_FLAGS[name], "--model-path", args.model_path,
+           "--load-format", "dummy", "--port", str(port), "--host", "127.0.0.1",
+           *shlex.split(args.extra_server_args)]
+    log_path = os.path.join(args.out, f"{name}.log")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=stock_env())
+    return proc, cmd, log_path
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import requests
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} (see its log)")
+        try:
+            if requests.get(url + "/health_generate", timeout=30).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(3)
+    raise TimeoutError(f"server not healthy after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        from sglang.srt.utils import kill_process_tree
+        kill_process_tree(proc.pid)
+    except Exception:
+        proc.kill()
+    proc.wait(timeout=120)
+
+
+def with_client(name: str, args):
+    """Context-free helper: (client, record, cleanup) for one launch."""
+    if name == "deft_engine":
+        from sglang.srt.server_args import prepare_server_args
+
+        import deft_sglang
+        deft_sglang.enable()
+        server_args = prepare_server_args(["--model-path", args.model_path, "--load-format",
+                                           "dummy", *shlex.split(args.extra_server_args)])
+        client = EngineClient(args.model_path, deft=True, server_args=server_args)
+        record = {"command": "deft_sglang.enable(); sgl.Engine(server_args=prepare_server_args("
+                             f"{shlex.split(args.extra_server_args)}))",
+                  "backends": list(server_args.get_attention_backends())}
+
+        def cleanup():
+            client.close()
+            deft_sglang.disable()
+        return client, record, cleanup
+    port = free_port()
+    proc, cmd, log_path = start_server(name, args, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, args.launch_timeout)
+    except Exception:
+        stop(proc)
+        raise
+    record = {"command": shlex.join(cmd), "log": log_path}
+
+    def cleanup():
+        stop(proc)
+        with open(log_path) as f:
+            record["deft_active_logged"] = "DeFT tree attention active" in f.read()
+    return HTTPClient(url, timeout=3600), record, cleanup
+
+
+def run_launch(name: str, args, vocab: int) -> tuple[dict, list]:
+    print(f"== {name}", flush=True)
+    started = time.perf_counter()
+    client, record, cleanup = with_client(name, args)
+    outputs = []
+    try:
+        record["startup_s"] = round(time.perf_counter() - started, 1)
+        if name != "stock_graphs":
+            outputs = run_correctness(client, args, vocab)
+            print(f"    correctness: {len(outputs)} requests", flush=True)
+        if name in ("stock", "deft", "stock_graphs"):
+            record["throughput"] = run_throughput(client, args, vocab)
+    finally:
+        cleanup()
+    with open(os.path.join(args.out, f"outputs_{name}.json"), "w") as f:
+        json.dump([o.__dict__ for o in outputs], f)
+    return record, outputs
+
+
+def environment() -> dict:
+    """Versions and GPU (read with nvidia-smi: no CUDA context in this process)."""
+    info = {"python": sys.version.split()[0], "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    try:
+        from importlib.metadata import version
+        info.update(torch=version("torch"), sglang=version("sglang"),
+                    deft_sglang=version("deft-sglang"), triton=version("triton"))
+        info["gpu"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+    except Exception as exc:  # report, do not fail the run
+        info["env_error"] = repr(exc)
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    vocab = vocab_size(args.model_path)
+    report = {"model_path": args.model_path, "argv": sys.argv, "environment": environment(),
+              "quick": args.quick, "correctness_workload": {
+                  "groups": args.groups, "width": args.width, "prefix_len": args.prefix_len,
+                  "new_tokens": args.new_tokens, "greedy": True, "top_logprobs_num": 2},
+              "cuda_graphs": "decode graphs off for stock and deft (DeFT has no graphs yet); "
+                             "stock_graphs is Triton with decode graphs on, for reference",
+              "launches": {}, "comparisons": {}}
+    outputs = {}
+    for name in args.launches:
+        try:
+            report["launches"][name], outputs[name] = run_launch(name, args, vocab)
+        except Exception as exc:
+            report["launches"][name] = {"error": repr(exc)}
+            print(f"    FAILED: {exc!r}", flush=True)
+        _write(args, report)
+    for name in args.launches:
+        if name.startswith("deft") and outputs.get(name) and outputs.get("stock"):
+            summary = compare(outputs["stock"], outputs[name]).summary()
+            report["comparisons"][f"{name}_vs_stock"] = summary
+            print(f"{name} vs stock: {summary['token_equal_pct']}% tokens equal, "
+                  f"logprob diff max {summary['logprob_abs_diff_before_divergence']['max']:.4g}, "
+                  f"{summary['divergences']} divergences "
+                  f"({summary['divergence_gaps_within_noise']} within noise)", flush=True)
+    _write(args, report)
+    ok = all(c["pass_token_equality_99"] and c["pass_divergences_are_noise"]
+             for c in report["comparisons"].values())
+    print(f"wrote {os.path.join(args.out, 'e2e.json')}; {'PASS' if ok else 'CHECK'}")
+    return 0 if ok and report["comparisons"] else 1
+
+
+def _write(args, report: dict) -> None:
+    with open(os.path.join(args.out, "e2e.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
