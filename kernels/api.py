@@ -1,6 +1,7 @@
 """Public entry points: ``plan_tree_attention`` (plan once per step) and ``tree_attention``."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .planner import PlannerConfig, TreeAttentionPlan, build_plan
@@ -25,6 +26,7 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     device : where the plan's metadata lives and ``run`` executes (default: the device of
         ``node_kv_indices`` if it is a tensor, else CUDA when available, else CPU).
     validate : check the tree (cheap; pass False on a hot path whose trees are known good).
+        Without validation a ``node_kv_indices`` tensor is used where it lies (no host copy).
     num_slots : KV-pool size; when given, slot indices are range-checked.
     kv_elem_bytes : bytes per KV element, for the cost model (2 for fp16/bf16).
     config : planner tuning, :class:`PlannerConfig`.
@@ -43,8 +45,13 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     if validate:
         arrays = validate_tree(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots)
     else:
-        arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
-                  for a in (node_parent, node_kv_indptr, node_kv_indices, query_node)]
+        arrays = [np.asarray(a.detach().cpu()) if isinstance(a, torch.Tensor) else np.asarray(a)
+                  for a in (node_parent, node_kv_indptr, query_node)]
+        # Unvalidated device indices are used in place: no device-to-host copy, no sync.
+        kv_indices = (node_kv_indices if isinstance(node_kv_indices, torch.Tensor)
+                      else np.asarray(node_kv_indices))
+        arrays = [arrays[0].astype(np.int64), arrays[1].astype(np.int64), kv_indices,
+                  arrays[2].astype(np.int64)]
     layout = build_layout(*arrays)
     return build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
                       head_dim=head_dim, device=device, config=config or PlannerConfig(),

@@ -291,12 +291,18 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     rows = items[3] * group
 
     # One host-to-device copy for all metadata.
-    parts = [layout.kv_indices, layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
+    # One host-to-device copy for all metadata; slot indices already on the device stay there
+    # (planning never reads them, so the host need not wait for the GPU that produced them).
+    device_indices = isinstance(layout.kv_indices, torch.Tensor)
+    host_indices = [] if device_indices else [layout.kv_indices]
+    parts = host_indices + [layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
     blob = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
     views, offset = [], 0
     for p in parts:
         views.append(blob[offset:offset + p.size])
         offset += p.size
+    if device_indices:
+        views.insert(0, layout.kv_indices.to(device=device, dtype=torch.int32).contiguous())
     kv_indices, query_order, d_indptr, d_slots = views[:4]
     d_items = views[4].view(5, -1)
 

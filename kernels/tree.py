@@ -45,7 +45,7 @@ class TreeLayout:
 
     parent: np.ndarray
     kv_indptr: np.ndarray
-    kv_indices: np.ndarray
+    kv_indices: "np.ndarray | torch.Tensor"  # a device tensor when planning skipped validation
     query_node: np.ndarray
     query_order: np.ndarray
     query_begin: np.ndarray
