@@ -19,7 +19,7 @@ Variable                                Default    Meaning
 ``DEFT_VERIFY_TREE``                    ``0``      Check every shared node's KV slots against
                                                    each request's ``req_to_token`` row (a device
                                                    sync per step; for debugging).
-``DEFT_VALIDATE_PLAN``                  ``1``      Validate the forest handed to the planner.
+``DEFT_VALIDATE_PLAN``                  ``0``      Validate the forest handed to the planner (host sync).
 ``DEFT_MIN_BATCH_SIZE``                 ``1``      Decode batches smaller than this use the
                                                    stock kernel.
 ``DEFT_LOG_LEVEL``                      (unset)    Level of the ``deft_sglang`` logger, e.g.
@@ -120,7 +120,7 @@ class DeftConfig:
     fallback_backend: str = "triton"
     cuda_graph: str = "disable"
     verify_tree: bool = False
-    validate_plan: bool = True
+    validate_plan: bool = False
     min_batch_size: int = 1
     log_level: Optional[str] = None
 
@@ -148,7 +148,7 @@ class DeftConfig:
             fallback_backend=_fallback_backend(env, server_args),
             cuda_graph=_get_choice(env, "DEFT_CUDA_GRAPH", "disable", CUDA_GRAPH_MODES),
             verify_tree=_get_bool(env, "DEFT_VERIFY_TREE", False),
-            validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", True),
+            validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
             log_level=_get_choice(env, "DEFT_LOG_LEVEL", "", LOG_LEVELS) or None,
         )

@@ -10,14 +10,14 @@ def test_defaults():
     cfg = DeftConfig.from_env({})
     assert cfg == DeftConfig()
     assert cfg.fallback_backend == "triton" and cfg.cuda_graph == "disable"
-    assert not cfg.enable and cfg.validate_plan and cfg.min_batch_size == 1
+    assert not cfg.enable and not cfg.validate_plan and cfg.min_batch_size == 1
 
 
 def test_parsing():
     cfg = DeftConfig.from_env({"DEFT_ENABLE": "yes", "DEFT_CUDA_GRAPH": "Fallback",
-                               "DEFT_VERIFY_TREE": "on", "DEFT_VALIDATE_PLAN": "0",
+                               "DEFT_VERIFY_TREE": "on", "DEFT_VALIDATE_PLAN": "1",
                                "DEFT_MIN_BATCH_SIZE": "4", "DEFT_FALLBACK_BACKEND": "flashinfer"})
-    assert cfg.enable and cfg.verify_tree and not cfg.validate_plan
+    assert cfg.enable and cfg.verify_tree and cfg.validate_plan
     assert cfg.cuda_graph == "fallback" and cfg.min_batch_size == 4
     assert cfg.fallback_backend == "flashinfer"
     assert DeftConfig.from_env({"DEFT_LOG_LEVEL": "DEBUG"}).log_level == "debug"
