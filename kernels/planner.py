@@ -43,6 +43,8 @@ class PlannerConfig:
     reread_group_rows : rows per re-reading row group.
     l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
     fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
+    max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
+        the length that load balance asks for (0 = no cap; the default until measured on a GPU).
     """
 
     block_n: int = 0
@@ -57,6 +59,7 @@ class PlannerConfig:
     num_warps: int = 4
     num_stages: int = 3
     fp32_partials: bool = False
+    max_floor_over_want: float = 0.0
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -128,6 +131,10 @@ def _chunk_lengths(tokens: np.ndarray, rows: np.ndarray, num_kv_heads: int, num_
     target = max(total / programs_per_head, 4.0 * block_n)
     want = np.ceil(target / cost_per_token)
     floor = np.ceil(config.min_chunk_partial_ratio * 2.0 * rows / cost_per_token)
+    if config.max_floor_over_want > 0:
+        # Never let the partial-write floor starve the GPU: a wide group on few KV heads (MQA)
+        # would otherwise be served by a handful of programs.
+        floor = np.minimum(floor, config.max_floor_over_want * want)
     length = np.minimum(np.maximum(want, floor), tokens)
     num_chunks = np.maximum(1, np.ceil(tokens / np.maximum(length, 1)))
     length = np.ceil(tokens / num_chunks / block_n) * block_n  # even chunks, whole blocks

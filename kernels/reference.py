@@ -13,6 +13,10 @@ from .tree import validate_tree
 def path_kv_slots(node_parent, node_kv_indptr, node_kv_indices, node: int) -> torch.Tensor:
     """KV slots of ``node`` and its ancestors, root first, in position order.  int64 [L]."""
     parent, indptr, indices, _ = validate_tree(node_parent, node_kv_indptr, node_kv_indices, [])
+    return _path_slots(parent, indptr, indices, node)
+
+
+def _path_slots(parent: np.ndarray, indptr: np.ndarray, indices: np.ndarray, node: int):
     chain = []
     while node >= 0:
         chain.append(node)
@@ -56,10 +60,12 @@ def tree_attention_reference(q, k_cache, v_cache, node_parent, node_kv_indptr, n
     parent, indptr, indices, qnode = validate_tree(
         node_parent, node_kv_indptr, node_kv_indices, query_node)
     out = torch.empty_like(q)
-    for b in range(q.shape[0]):
-        slots = path_kv_slots(parent, indptr, indices, int(qnode[b])).to(k_cache.device)
-        o, _ = attention_with_lse(q[b], k_cache[slots], v_cache[slots], sm_scale)
-        out[b] = o.to(q.dtype)
+    for node in np.unique(qnode):
+        slots = _path_slots(parent, indptr, indices, int(node)).to(k_cache.device)
+        k, v = k_cache[slots], v_cache[slots]
+        for b in np.nonzero(qnode == node)[0]:
+            o, _ = attention_with_lse(q[b], k, v, sm_scale)
+            out[b] = o.to(q.dtype)
     return out
 
 

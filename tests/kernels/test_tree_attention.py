@@ -125,3 +125,8 @@ def test_unvalidated_device_indices_are_used_in_place():
     ref = tree_attention_reference(q, k, v, forest.parent, forest.indptr, forest.indices,
                                    forest.query_node)
     assert (plan.run(q, k, v) - ref).abs().max().item() < 2e-5
+
+
+def test_capped_partial_floor_still_exact():
+    forest = star(prefix=300, branches=12, tail=9)
+    run_case(forest, 16, 1, 32, torch.float32, config=PlannerConfig(max_floor_over_want=1.0))
