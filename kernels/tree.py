@@ -7,7 +7,7 @@ The kernel contract (see ``README.md``)::
     node_kv_indices  int32 [total] KV-pool slots, in position order within a node
     query_node       int32 [B]     query b attends to query_node[b] and all its ancestors
 
-Sorting queries by the pre-order position of their node puts the queries below any node ``n``
+Sorting queries by their root-to-node path puts the queries below any node ``n``
 into one contiguous range ``[query_begin[n], query_end[n])`` of the sorted order.  That range is
 the node's *query group* (DeFT's KV-guided grouping): every query in it reads node ``n``'s KV.
 """
@@ -39,7 +39,7 @@ class TreeLayout:
     Attributes
     ----------
     parent, kv_indptr, kv_indices, query_node : the contract arrays.
-    query_order : [B] query ids sorted by the pre-order position of their node.
+    query_order : [B] query ids sorted by their root-first path (subtrees contiguous).
     query_begin, query_end : [N] each node's query group, as a range of ``query_order``.
     """
 
@@ -106,35 +106,47 @@ def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | No
     return parent, kv_indptr, kv_indices, query_node
 
 
-def _preorder(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-order rank of every node and the size of its subtree (in nodes)."""
-    num_nodes = parent.shape[0]
-    subtree_size = np.ones(num_nodes, dtype=np.int64)
-    # parent < child, so one reverse sweep accumulates every subtree.
-    for node in range(num_nodes - 1, -1, -1):
-        if parent[node] >= 0:
-            subtree_size[parent[node]] += subtree_size[node]
-    rank = np.empty(num_nodes, dtype=np.int64)
-    next_free = 0
-    child_cursor = np.zeros(num_nodes, dtype=np.int64)  # next rank to give a child of each node
-    for node in range(num_nodes):
-        p = parent[node]
-        if p < 0:
-            rank[node] = next_free
-            next_free += subtree_size[node]
-        else:
-            rank[node] = rank[p] + 1 + child_cursor[p]
-            child_cursor[p] += subtree_size[node]
-    return rank, subtree_size
+def _query_paths(parent: np.ndarray, query_node: np.ndarray) -> np.ndarray:
+    """[B, depth] matrix of each query's path, root first, padded with -1 after its node.
+
+    One vectorised step per tree level (radix trees are shallow), no per-node Python loop.
+    """
+    leaf_first = [query_node]
+    while True:
+        above = leaf_first[-1]
+        above = np.where(above >= 0, parent[np.maximum(above, 0)], -1)
+        if not np.any(above >= 0):
+            break
+        leaf_first.append(above)
+    steps = np.stack(leaf_first, axis=1)                       # [B, D], query's node first
+    depth = np.sum(steps >= 0, axis=1)                         # path length per query
+    cols = np.arange(steps.shape[1])
+    take = depth[:, None] - 1 - cols[None, :]                  # root-first column index
+    paths = np.take_along_axis(steps, np.maximum(take, 0), axis=1)
+    return np.where(take >= 0, paths, -1)
 
 
 def build_layout(parent, kv_indptr, kv_indices, query_node) -> TreeLayout:
-    """Group the queries by the nodes they share (KV-guided grouping); see the module docstring."""
-    rank, subtree_size = _preorder(parent)
-    key = rank[query_node]
-    query_order = np.argsort(key, kind="stable")
-    sorted_key = key[query_order]
-    query_begin = np.searchsorted(sorted_key, rank, side="left")
-    query_end = np.searchsorted(sorted_key, rank + subtree_size, side="left")
-    return TreeLayout(parent, kv_indptr, kv_indices, query_node, query_order,
-                      query_begin.astype(np.int64), query_end.astype(np.int64))
+    """Group the queries by the nodes they share (KV-guided grouping); see the module docstring.
+
+    Sorting queries lexicographically by their root-first path puts every subtree's queries in one
+    run; a node's run is found from the count and the sum of the sorted positions it occupies.
+    """
+    num_nodes, num_queries = parent.shape[0], query_node.shape[0]
+    if num_queries == 0:
+        empty = np.zeros(num_nodes, dtype=np.int64)
+        return TreeLayout(parent, kv_indptr, kv_indices, query_node,
+                          np.zeros(0, dtype=np.int64), empty, empty.copy())
+    paths = _query_paths(parent, query_node)
+    query_order = np.lexsort(paths.T[::-1])                    # first column is the primary key
+    sorted_paths = paths[query_order]
+    position = np.broadcast_to(np.arange(num_queries)[:, None], sorted_paths.shape)
+    on_path = sorted_paths >= 0
+    nodes, where = sorted_paths[on_path], position[on_path]
+    count = np.bincount(nodes, minlength=num_nodes)
+    position_sum = np.bincount(nodes, weights=where, minlength=num_nodes)
+    safe = np.maximum(count, 1)
+    query_begin = np.rint((position_sum - count * (count - 1) / 2) / safe).astype(np.int64)
+    query_begin[count == 0] = 0
+    return TreeLayout(parent, kv_indptr, kv_indices, query_node, query_order.astype(np.int64),
+                      query_begin, query_begin + count)
