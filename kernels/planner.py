@@ -26,6 +26,7 @@ from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
 from .tree import TreeLayout, build_layout, validate_tree
 
+INVARIANT_MERGE_SHAPE = (4, 4)  # (heads, partials) per merge step in batch-invariant mode
 SMALL_M = 16  # phase-1 row tile of items with few rows (plain decode, small groups)
 
 
@@ -45,6 +46,10 @@ class PlannerConfig:
     fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
     max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
         the length that load balance asks for (0 = no cap; the default until measured on a GPU).
+    fixed_chunk_tokens : batch-invariant mode when > 0: every node is cut into chunks of this
+        many tokens and the merge combines a fixed number of partials per step, so a query's
+        result is bit-identical whatever else shares the batch (load balance is then not tuned
+        to the batch).
     """
 
     block_n: int = 0
@@ -60,6 +65,7 @@ class PlannerConfig:
     num_stages: int = 3
     fp32_partials: bool = False
     max_floor_over_want: float = 0.0
+    fixed_chunk_tokens: int = 0
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -72,7 +78,7 @@ class PlannerConfig:
         for name in ("waves", "min_chunk_partial_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be positive")
-        for name in ("num_sms", "l2_bytes", "reread_min_queries"):
+        for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PlannerConfig.{name} must be >= 0")
         if self.reread_group_rows < 16:
@@ -125,6 +131,9 @@ def _chunk_lengths(tokens: np.ndarray, rows: np.ndarray, num_kv_heads: int, num_
     A token costs 1 to read plus ``rows/64`` for the tensor-core work of its row tiles (rows
     padded to whole tiles); a partial result costs about 2 (written once, read once by the merge).
     """
+    if config.fixed_chunk_tokens:
+        length = -(-config.fixed_chunk_tokens // block_n) * block_n
+        return np.minimum(length, np.maximum(tokens, 1)).astype(np.int64)
     cost_per_token = 1.0 + _padded_rows(rows, config.block_m) / 64.0
     total = float(np.sum(tokens * cost_per_token))
     programs_per_head = max(1.0, config.waves * num_sms / num_kv_heads)
@@ -317,6 +326,8 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     most_partials = int(partial_counts.max()) if partial_counts.size else 1
     merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim, most_partials,
                                      num_sms)
+    if config.fixed_chunk_tokens:  # the same tiles, so the same summation order, in any batch
+        merge_shape = INVARIANT_MERGE_SHAPE
     node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
     needed = node_queries > 0
     tiles_per_item = np.where(rows <= SMALL_M, 1, -(-rows // block_m))
@@ -337,7 +348,9 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
         block_n=block_n,
         row_tiles=int(np.sum(tiles_per_item)),
     )
+    # Without large items the large-tile branch is compiled out (fewer registers); batch-invariant
+    # plans keep one kernel variant whatever the batch holds.
+    needs_large = config.fixed_chunk_tokens or (rows.size and rows.max() > SMALL_M)
     return TreeAttentionPlan(num_qo_heads, num_kv_heads, head_dim, layout.num_queries,
                              num_partials, device, kv_indices, query_order, d_items,
-                             SMALL_M if rows.size == 0 or rows.max() <= SMALL_M else block_m,
-                             d_indptr, d_slots, block_n, merge_shape, config, stats)
+                             block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n, merge_shape, config, stats)
