@@ -98,23 +98,18 @@ def _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_o
 
 
 @triton.jit
-def _partial_attention_kernel(
-    q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, num_items,
-    partial_out_ptr, partial_lse_ptr,
-    stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
-    stride_pp, stride_ph, stride_lp,
-    qk_scale_log2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
-    SMALL_M: tl.constexpr, SMALL_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr,
-):
-    item = tl.program_id(0)
-    kv_head = tl.program_id(1)
+def _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr,
+              items_stride, partial_out_ptr, partial_lse_ptr,
+              stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+              stride_pp, stride_ph, stride_lp, qk_scale_log2,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+              SMALL_M: tl.constexpr, SMALL_N: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr):
     kv_begin = tl.load(items_ptr + item)
-    kv_len = tl.load(items_ptr + num_items + item)
-    q_begin = tl.load(items_ptr + 2 * num_items + item)
-    num_rows = tl.load(items_ptr + 3 * num_items + item) * GROUP
-    slot_base = tl.load(items_ptr + 4 * num_items + item)
+    kv_len = tl.load(items_ptr + items_stride + item)
+    q_begin = tl.load(items_ptr + 2 * items_stride + item)
+    num_rows = tl.load(items_ptr + 3 * items_stride + item) * GROUP
+    slot_base = tl.load(items_ptr + 4 * items_stride + item)
     # One launch serves items of every size, so all of them balance over the SMs together;
     # items with few rows (plain decode, small groups) take the small row tile.
     if SMALL_M == BLOCK_M or num_rows <= SMALL_M:
@@ -131,22 +126,59 @@ def _partial_attention_kernel(
                      HEAD_DIM, BLOCK_D, GROUP, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
 
 
+@triton.jit
+def _partial_attention_kernel(
+    q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, items_stride, num_items_ptr,
+    partial_out_ptr, partial_lse_ptr,
+    stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+    stride_pp, stride_ph, stride_lp,
+    qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+    SMALL_M: tl.constexpr, SMALL_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr, PERSISTENT: tl.constexpr,
+):
+    kv_head = tl.program_id(1)
+    if PERSISTENT:
+        # A fixed grid walks a work list whose length lives in device memory (CUDA graphs).
+        num_items = tl.load(num_items_ptr)
+        for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
+            _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr,
+                      items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
+                      stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                      stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
+                      SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+    else:
+        _run_item(tl.program_id(0), kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr,
+                  query_order_ptr, items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
+                  stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                  stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
+                  SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+
+
 def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items, partial_out,
                              partial_lse, sm_scale: float, small_m: int, small_n: int,
-                             block_m: int, block_n: int, num_warps: int, num_stages: int):
-    """Run phase 1 over ``items`` (int32 [5, num_items], contiguous: kv_begin, kv_len, q_begin,
+                             block_m: int, block_n: int, num_warps: int, num_stages: int,
+                             num_items_dev: torch.Tensor | None = None, num_programs: int = 0):
+    """Run phase 1 over ``items`` (int32 [5, capacity], row-major: kv_begin, kv_len, q_begin,
     q_count, slot_base).  Items of at most ``small_m`` rows use ``small_m x small_n`` tiles, the
     others ``block_m x block_n``.  Writes ``partial_out``/``partial_lse``; no host sync.
+
+    By default one program per item.  With ``num_items_dev`` (int32 [1] on the device) a fixed
+    grid of ``num_programs`` programs per KV head walks the first ``num_items_dev[0]`` items:
+    the launch then depends on no host value of the tree, as CUDA-graph replay requires.
     Returns the compiled kernel (registers, spills, shared memory), or None for no items."""
+    persistent = num_items_dev is not None
     num_items = items.shape[1]
-    if num_items == 0:
+    if num_items == 0 or (persistent and num_programs < 1):
         return None
     num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
     group = q.shape[1] // num_kv_heads
     interpret = interpreter_active()
     fp32_inputs = q.dtype == torch.float32
-    return _partial_attention_kernel[(num_items, num_kv_heads)](
-        q, k_cache, v_cache, kv_indices, query_order, items, num_items,
+    grid = (num_programs if persistent else num_items, num_kv_heads)
+    return _partial_attention_kernel[grid](
+        q, k_cache, v_cache, kv_indices, query_order, items, items.stride(0),
+        num_items_dev if persistent else items,
         partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1),
@@ -157,5 +189,5 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
         # The interpreter's bf16 dot is wrong (design.md); fp32 tests want exact fp32 products.
         DOT_FP32=interpret and q.dtype != torch.float16,
         IEEE_FP32=fp32_inputs or (interpret and q.dtype == torch.bfloat16),
-        num_warps=num_warps, num_stages=num_stages,
+        PERSISTENT=persistent, num_warps=num_warps, num_stages=num_stages,
     )

@@ -1,0 +1,112 @@
+"""DeFT decode with buffers and grids fixed at construction, for CUDA-graph capture.
+
+A graph records kernel launches with their grids and pointers; on replay nothing about the tree
+may reach a launch from the host.  ``StaticTreeAttention`` therefore owns every buffer the kernels
+read or write, sized for the largest plan it accepts, and launches a fixed grid: phase 1 is a
+persistent kernel whose work-list length is read from device memory; the merge runs one program
+per batch row, and rows past the plan's queries own no partial and come out as zeros.
+
+Per decode step (outside the graph): ``plan = plan_tree_attention(...)``; ``static.load(plan)``
+(device-to-device copies only).  Per layer (inside or outside the graph): ``static.run(...)``.
+A plan that does not fit (``fits(plan)`` is False) must run eagerly with ``plan.run``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .merge import launch_merge, merge_launch_shape
+from .partial_attention import launch_partial_attention
+from .planner import SMALL_M, TreeAttentionPlan
+
+
+class StaticTreeAttention:
+    """Fixed-size DeFT workspace; see the module docstring.
+
+    Parameters
+    ----------
+    max_queries, max_items, max_kv_tokens, max_partials : capacities of the work list.
+    num_qo_heads, num_kv_heads, head_dim : the attention shape.
+    dtype : q/k/v dtype (fp16, bf16 or fp32).
+    device : a CUDA device (or CPU under ``TRITON_INTERPRET=1``).
+    num_programs : phase-1 programs per KV head (default: 4 per SM, or 4 on CPU).
+    block_m, block_n, small_block_n, num_warps, num_stages : phase-1 tiles (as ``PlannerConfig``).
+    """
+
+    def __init__(self, *, max_queries: int, max_items: int, max_kv_tokens: int, max_partials: int,
+                 num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device, num_programs: int = 0, block_m: int = 64, block_n: int = 64,
+                 small_block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
+                 merge_block_p: int = 8):
+        for name, value in (("max_queries", max_queries), ("max_items", max_items),
+                            ("max_kv_tokens", max_kv_tokens), ("max_partials", max_partials)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.device = torch.device(device)
+        if num_programs < 1:
+            sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                   if self.device.type == "cuda" else 1)
+            num_programs = 4 * sms
+        self.shape = (num_qo_heads, num_kv_heads, head_dim)
+        self.capacity = dict(queries=max_queries, items=max_items, kv_tokens=max_kv_tokens,
+                             partials=max_partials)
+        self.tiles = (block_m, block_n, small_block_n, num_warps, num_stages)
+        self.num_programs = num_programs
+        int32 = dict(dtype=torch.int32, device=self.device)
+        self.items = torch.zeros(5, max_items, **int32)
+        self.num_items = torch.zeros(1, **int32)
+        self.kv_indices = torch.zeros(max_kv_tokens, **int32)
+        self.query_order = torch.zeros(max_queries, **int32)
+        self.merge_indptr = torch.zeros(max_queries + 1, **int32)
+        self.merge_slots = torch.zeros(max_partials, **int32)
+        partial_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+        self.partial_out = torch.empty(max_partials, num_qo_heads, head_dim, dtype=partial_dtype,
+                                       device=self.device)
+        self.partial_lse = torch.empty(max_partials, num_qo_heads, dtype=torch.float32,
+                                       device=self.device)
+        block_h, _ = merge_launch_shape(max_queries, num_qo_heads, head_dim, merge_block_p,
+                                        num_programs // 4)
+        self.merge_shape = (block_h, merge_block_p)
+
+    def fits(self, plan: TreeAttentionPlan) -> bool:
+        """Whether ``plan`` fits the buffers (and has this workspace's attention shape)."""
+        cap = self.capacity
+        return ((plan.num_qo_heads, plan.num_kv_heads, plan.head_dim) == self.shape
+                and plan.num_queries <= cap["queries"] and plan.items.shape[1] <= cap["items"]
+                and plan.kv_indices.shape[0] <= cap["kv_tokens"]
+                and plan.num_partials <= cap["partials"])
+
+    def load(self, plan: TreeAttentionPlan) -> None:
+        """Copy ``plan``'s work list into the fixed buffers (device copies, no host sync)."""
+        if not self.fits(plan):
+            raise ValueError("plan exceeds the StaticTreeAttention capacities; run it eagerly")
+        num_items, num_queries = plan.items.shape[1], plan.num_queries
+        self.items[:, :num_items].copy_(plan.items)
+        self.num_items.fill_(num_items)
+        self.kv_indices[:plan.kv_indices.shape[0]].copy_(plan.kv_indices)
+        self.query_order[:num_queries].copy_(plan.query_order)
+        self.merge_indptr[:num_queries + 1].copy_(plan.merge_indptr)
+        self.merge_indptr[num_queries + 1:].fill_(plan.num_partials)  # padded rows: no partial
+        self.merge_slots[:plan.num_partials].copy_(plan.merge_slots)
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            out: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
+        """Tree attention for the loaded plan into ``out`` ([B, Hq, D], B <= max_queries).
+
+        Rows of ``q``/``out`` past the plan's queries are padding: ``out`` gets zeros there.
+        The launches depend only on shapes, so this may be captured in a CUDA graph.
+        """
+        if q.shape[0] > self.capacity["queries"] or out.shape != q.shape:
+            raise ValueError("q/out must be [B, Hq, D] with B <= max_queries")
+        head_dim = self.shape[2]
+        sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
+        block_m, block_n, small_n, warps, stages = self.tiles
+        launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
+                                 self.items, self.partial_out, self.partial_lse, sm_scale,
+                                 SMALL_M, small_n, block_m, block_n, warps, stages,
+                                 num_items_dev=self.num_items, num_programs=self.num_programs)
+        launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
+                     out, *self.merge_shape)
+        return out

@@ -1,0 +1,95 @@
+"""Fixed-buffer DeFT (CUDA-graph form): re-load different trees, compare with the reference."""
+import pytest
+import torch
+
+from deft_sglang.kernels import StaticTreeAttention, plan_tree_attention, tree_attention_reference
+
+from .trees import DEVICE, make_forest, random_qkv, star
+
+HQ, HKV, D = 8, 2, 32
+
+
+def workspace(**overrides):
+    caps = dict(max_queries=12, max_items=64, max_kv_tokens=2000, max_partials=256)
+    caps.update(overrides)
+    return StaticTreeAttention(**caps, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D,
+                               dtype=torch.float32, device=DEVICE, num_programs=3)
+
+
+def plan_for(forest):
+    return plan_tree_attention(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                               num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, device=DEVICE)
+
+
+def reference(forest, q, k, v):
+    return tree_attention_reference(q, k, v, forest.parent, forest.indptr, forest.indices,
+                                    forest.query_node)
+
+
+TREES = [star(prefix=300, branches=6, tail=11),
+         make_forest([40, 0, 9, 1, 77], [-1, 0, 1, 2, 0], [3, 4, 2, 0, 4]),
+         make_forest([500] + [3] * 9, [-1] + [0] * 9, list(range(1, 10)))]
+
+
+def test_reload_different_trees_into_fixed_buffers():
+    static = workspace()
+    batch = 12  # the captured batch size; each tree uses a prefix of it
+    buffers = [t.data_ptr() for t in (static.items, static.merge_slots, static.partial_out)]
+    for forest in TREES:
+        plan = plan_for(forest)
+        assert static.fits(plan)
+        static.load(plan)
+        q, k, v = random_qkv(forest, batch, HQ, HKV, D, torch.float32, seed=len(forest.parent))
+        out = torch.full_like(q, float("nan"))
+        static.run(q, k, v, out)
+        num = len(forest.query_node)
+        ref = reference(forest, q[:num], k, v)
+        assert (out[:num] - ref).abs().max().item() < 2e-5
+        assert torch.count_nonzero(out[num:]) == 0  # padding rows
+    assert buffers == [t.data_ptr() for t in (static.items, static.merge_slots,
+                                             static.partial_out)]
+
+
+@pytest.mark.parametrize("caps", [dict(max_queries=3), dict(max_items=2),
+                                  dict(max_kv_tokens=100), dict(max_partials=4)])
+def test_plans_beyond_capacity_are_refused(caps):
+    static = workspace(**caps)
+    plan = plan_for(TREES[0])
+    assert not static.fits(plan)
+    with pytest.raises(ValueError, match="eagerly"):
+        static.load(plan)
+
+
+def test_bad_capacity():
+    with pytest.raises(ValueError, match="max_items"):
+        workspace(max_items=0)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_replan_replay():
+    static = StaticTreeAttention(max_queries=64, max_items=4096, max_kv_tokens=1 << 16,
+                                 max_partials=1 << 14, num_qo_heads=32, num_kv_heads=8,
+                                 head_dim=128, dtype=torch.bfloat16, device="cuda")
+    first, second = star(prefix=3000, branches=40, tail=90), \
+        make_forest([900, 300, 300, 20, 20, 20], [-1, 0, 0, 1, 1, 2], [3, 4, 5, 2])
+    num_slots = max(first.num_slots, second.num_slots)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    k = torch.randn(num_slots, 8, 128, generator=g).to("cuda", torch.bfloat16)
+    v = torch.randn(num_slots, 8, 128, generator=g).to("cuda", torch.bfloat16)
+    q = torch.randn(64, 32, 128, generator=g).to("cuda", torch.bfloat16)
+    out = torch.empty_like(q)
+    plan = lambda f: plan_tree_attention(f.parent, f.indptr, f.indices, f.query_node,
+                                         num_qo_heads=32, num_kv_heads=8, head_dim=128,
+                                         device="cuda")
+    static.load(plan(first))
+    static.run(q, k, v, out)  # compile outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static.run(q, k, v, out)
+    for forest in (second, first):
+        static.load(plan(forest))
+        graph.replay()
+        torch.cuda.synchronize()
+        num = len(forest.query_node)
+        ref = reference(forest, q[:num], k, v)
+        assert (out[:num].double() - ref.double()).abs().max().item() <= 2e-2
