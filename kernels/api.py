@@ -84,8 +84,7 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     """
     if q.dim() != 3 or k_cache.dim() != 3:
         raise ValueError("q must be [B, Hq, D] and k_cache/v_cache [num_slots, Hkv, D]")
-    if isinstance(query_node, torch.Tensor) and query_node.shape[0] != q.shape[0] or \
-            len(query_node) != q.shape[0]:
+    if len(query_node) != q.shape[0]:
         raise ValueError(f"query_node has {len(query_node)} entries but q has {q.shape[0]} rows")
     plan = plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node,
                                num_qo_heads=q.shape[1], num_kv_heads=k_cache.shape[1],

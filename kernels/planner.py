@@ -287,6 +287,22 @@ def _padded_rows(rows: np.ndarray, block_m: int) -> np.ndarray:
     return np.where(rows <= SMALL_M, SMALL_M, -(-rows // block_m) * block_m)
 
 
+def _upload(layout: TreeLayout, merge_indptr, merge_slots, items, device):
+    """One host-to-device copy for all metadata; slot indices already on the device stay there
+    (planning never reads them, so the host need not wait for the GPU that produced them)."""
+    device_indices = isinstance(layout.kv_indices, torch.Tensor)
+    host_indices = [] if device_indices else [layout.kv_indices]
+    parts = host_indices + [layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
+    blob = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
+    views, offset = [], 0
+    for part in parts:
+        views.append(blob[offset:offset + part.size])
+        offset += part.size
+    if device_indices:
+        views.insert(0, layout.kv_indices.to(device=device, dtype=torch.int32).contiguous())
+    return views[0], views[1], views[2], views[3], views[4].view(5, -1)
+
+
 def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                device: torch.device, config: PlannerConfig, kv_elem_bytes: int = 2
                ) -> TreeAttentionPlan:
@@ -306,21 +322,8 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     items = items[:, np.argsort(-(items[1] * (1.0 + padded / 64.0)), kind="stable")]
     rows = items[3] * group
 
-    # One host-to-device copy for all metadata.
-    # One host-to-device copy for all metadata; slot indices already on the device stay there
-    # (planning never reads them, so the host need not wait for the GPU that produced them).
-    device_indices = isinstance(layout.kv_indices, torch.Tensor)
-    host_indices = [] if device_indices else [layout.kv_indices]
-    parts = host_indices + [layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
-    blob = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
-    views, offset = [], 0
-    for p in parts:
-        views.append(blob[offset:offset + p.size])
-        offset += p.size
-    if device_indices:
-        views.insert(0, layout.kv_indices.to(device=device, dtype=torch.int32).contiguous())
-    kv_indices, query_order, d_indptr, d_slots = views[:4]
-    d_items = views[4].view(5, -1)
+    kv_indices, query_order, d_indptr, d_slots, d_items = _upload(
+        layout, merge_indptr, merge_slots, items, device)
 
     num_partials = int(merge_slots.shape[0])
     most_partials = int(partial_counts.max()) if partial_counts.size else 1
