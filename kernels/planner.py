@@ -24,7 +24,7 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
-from .tree import TreeLayout, build_layout, validate_tree
+from .tree import TreeLayout
 
 INVARIANT_MERGE_SHAPE = (4, 4)  # (heads, partials) per merge step in batch-invariant mode
 SMALL_M = 16  # phase-1 row tile of items with few rows (plain decode, small groups)
@@ -134,7 +134,7 @@ def _chunk_lengths(tokens: np.ndarray, rows: np.ndarray, num_kv_heads: int, num_
     if config.fixed_chunk_tokens:
         length = -(-config.fixed_chunk_tokens // block_n) * block_n
         return np.minimum(length, np.maximum(tokens, 1)).astype(np.int64)
-    cost_per_token = 1.0 + _padded_rows(rows, config.block_m) / 64.0
+    cost_per_token = _cost_per_token(rows, config.block_m)
     total = float(np.sum(tokens * cost_per_token))
     programs_per_head = max(1.0, config.waves * num_sms / num_kv_heads)
     target = max(total / programs_per_head, 4.0 * block_n)
@@ -287,6 +287,12 @@ def _padded_rows(rows: np.ndarray, block_m: int) -> np.ndarray:
     return np.where(rows <= SMALL_M, SMALL_M, -(-rows // block_m) * block_m)
 
 
+def _cost_per_token(rows: np.ndarray, block_m: int) -> np.ndarray:
+    """Cost of one KV token of an item, in KV-token reads: 1 to read it plus ``padded_rows/64``
+    for the tensor-core work of its row tiles."""
+    return 1.0 + _padded_rows(rows, block_m) / 64.0
+
+
 def _upload(layout: TreeLayout, merge_indptr, merge_slots, items, device):
     """One host-to-device copy for all metadata; slot indices already on the device stay there
     (planning never reads them, so the host need not wait for the GPU that produced them)."""
@@ -303,12 +309,17 @@ def _upload(layout: TreeLayout, merge_indptr, merge_slots, items, device):
     return views[0], views[1], views[2], views[3], views[4].view(5, -1)
 
 
+def resolve_block_n(config: PlannerConfig, head_dim: int) -> int:
+    """KV tokens per block of the large-tile branch (``config.block_n``, or by head_dim)."""
+    return config.block_n or (64 if head_dim <= 128 else 32)
+
+
 def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                device: torch.device, config: PlannerConfig, kv_elem_bytes: int = 2
                ) -> TreeAttentionPlan:
     """Plan one decode step over ``layout``; see the module docstring."""
     group = num_qo_heads // num_kv_heads
-    block_n = config.block_n or (64 if head_dim <= 128 else 32)
+    block_n = resolve_block_n(config, head_dim)
     num_sms, l2_bytes = _device_limits(device, config)
     kv_bytes_per_token = 2 * num_kv_heads * head_dim * kv_elem_bytes
     seg = _segments(layout, group, config, kv_bytes_per_token, l2_bytes)
@@ -316,10 +327,9 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     chunk_len = _chunk_lengths(tokens, seg.q_count * group, num_kv_heads, num_sms, block_n, config)
     items = np.stack(_work_items(layout, seg, chunk_len))
     merge_indptr, merge_slots, partial_counts = _merge_lists(layout, items[2], items[3], items[4])
-    rows = items[3] * group
     block_m = config.block_m
-    padded = _padded_rows(rows, block_m)
-    items = items[:, np.argsort(-(items[1] * (1.0 + padded / 64.0)), kind="stable")]
+    cost = items[1] * _cost_per_token(items[3] * group, block_m)
+    items = items[:, np.argsort(-cost, kind="stable")]  # heaviest first: fewer stragglers
     rows = items[3] * group
 
     kv_indices, query_order, d_indptr, d_slots, d_items = _upload(

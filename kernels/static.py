@@ -9,17 +9,19 @@ per batch row, and rows past the plan's queries own no partial and come out as z
 Per decode step (outside the graph): ``plan = plan_tree_attention(...)``; ``static.load(plan)``
 (device-to-device copies only).  Per layer (inside or outside the graph): ``static.run(...)``.
 A plan that does not fit (``fits(plan)`` is False) must run eagerly with ``plan.run``.
+``load_empty()`` loads a plan with no work (every output row zero), for capturing a graph
+before any tree exists.  Plans must be built with the workspace's ``PlannerConfig`` (the
+kernel's tiles are fixed at construction); ``fits`` checks it.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import triton
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
-from .planner import SMALL_M, TreeAttentionPlan
+from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, resolve_block_n
 
 
 class StaticTreeAttention:
@@ -32,13 +34,13 @@ class StaticTreeAttention:
     dtype : q/k/v dtype (fp16, bf16 or fp32).
     device : a CUDA device (or CPU under ``TRITON_INTERPRET=1``).
     num_programs : phase-1 programs per KV head (default: 4 per SM, or 4 on CPU).
-    block_m, block_n, small_block_n, num_warps, num_stages : phase-1 tiles (as ``PlannerConfig``).
+    config : the ``PlannerConfig`` plans for this workspace are built with (its tiles).
+    merge_block_p : partials per merge step.
     """
 
     def __init__(self, *, max_queries: int, max_items: int, max_kv_tokens: int, max_partials: int,
                  num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device, num_programs: int = 0, block_m: int = 64, block_n: int = 64,
-                 small_block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
+                 device, num_programs: int = 0, config: PlannerConfig | None = None,
                  merge_block_p: int = 8):
         for name, value in (("max_queries", max_queries), ("max_items", max_items),
                             ("max_kv_tokens", max_kv_tokens), ("max_partials", max_partials)):
@@ -52,7 +54,11 @@ class StaticTreeAttention:
         self.shape = (num_qo_heads, num_kv_heads, head_dim)
         self.capacity = dict(queries=max_queries, items=max_items, kv_tokens=max_kv_tokens,
                              partials=max_partials)
-        self.tiles = (block_m, block_n, small_block_n, num_warps, num_stages)
+        config = config or PlannerConfig()
+        self.config = config
+        self.block_n = resolve_block_n(config, head_dim)
+        self.tiles = (config.block_m, self.block_n, config.small_block_n, config.num_warps,
+                      config.num_stages)
         self.num_programs = num_programs
         int32 = dict(dtype=torch.int32, device=self.device)
         self.items = torch.zeros(5, max_items, **int32)
@@ -74,6 +80,8 @@ class StaticTreeAttention:
         """Whether ``plan`` fits the buffers (and has this workspace's attention shape)."""
         cap = self.capacity
         return ((plan.num_qo_heads, plan.num_kv_heads, plan.head_dim) == self.shape
+                and plan.block_n == self.block_n
+                and plan.config.small_block_n == self.config.small_block_n
                 and plan.num_queries <= cap["queries"] and plan.items.shape[1] <= cap["items"]
                 and plan.kv_indices.shape[0] <= cap["kv_tokens"]
                 and plan.num_partials <= cap["partials"])
@@ -90,6 +98,11 @@ class StaticTreeAttention:
         self.merge_indptr[:num_queries + 1].copy_(plan.merge_indptr)
         self.merge_indptr[num_queries + 1:].fill_(plan.num_partials)  # padded rows: no partial
         self.merge_slots[:plan.num_partials].copy_(plan.merge_slots)
+
+    def load_empty(self) -> None:
+        """Load a plan with no work items: every output row comes out as zeros."""
+        self.num_items.zero_()
+        self.merge_indptr.zero_()
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             out: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:

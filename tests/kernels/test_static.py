@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from deft_sglang.kernels import StaticTreeAttention, plan_tree_attention, tree_attention_reference
+from deft_sglang.kernels import (PlannerConfig, StaticTreeAttention, plan_tree_attention,
+                                 tree_attention_reference)
 
 from .trees import DEVICE, make_forest, random_qkv, star
 
@@ -58,6 +59,21 @@ def test_plans_beyond_capacity_are_refused(caps):
     assert not static.fits(plan)
     with pytest.raises(ValueError, match="eagerly"):
         static.load(plan)
+
+
+def test_empty_load_gives_zeros_and_other_tiles_are_refused():
+    static = workspace()
+    forest = TREES[1]
+    static.load(plan_for(forest))
+    static.load_empty()  # what a graph capture loads before any tree exists
+    q, k, v = random_qkv(forest, 12, HQ, HKV, D, torch.float32, seed=2)
+    out = torch.full_like(q, float("nan"))
+    static.run(q, k, v, out)
+    assert torch.count_nonzero(out) == 0
+    other = plan_tree_attention(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                                num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, device=DEVICE,
+                                config=PlannerConfig(block_n=32))
+    assert not static.fits(other)  # its chunks were cut for other kernel tiles
 
 
 def test_bad_capacity():
