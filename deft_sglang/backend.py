@@ -8,9 +8,10 @@
   (:mod:`deft_sglang.tree_reader`, requests carried by the ``forward_batch`` patch) and plans
   once; ``forward_decode`` saves the new token's K/V (as the stock backends do) and runs the plan
   on the layer's K/V buffers.
-* CUDA graphs: not yet. Graph capture/replay calls go to the inner backend, so a batch replayed
-  from a graph decodes with the stock kernel; the ``server_args`` patch turns decode graphs off
-  by default so that every decode batch uses DeFT.
+* CUDA graphs (``DEFT_CUDA_GRAPH=on``, the default): decode graphs run DeFT through a fixed
+  workspace (:mod:`deft_sglang.graph`); the step is planned in ``can_run_graph`` (the
+  ``graph_runner`` patch) and loaded in ``init_forward_metadata_out_graph``. A step whose plan
+  does not fit the workspace runs eagerly. ``fallback`` leaves graphs to the inner backend.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from ._logging import info_once, logger, warn_once
 from .config import DeftConfig, get_config
+from .graph import DecodeGraphs, create_decode_graphs, pool_geometry, view_chain_forest
 from .kernels import plan_tree_attention
 from .support import layer_unsupported_reason, model_unsupported_reason
-from .tree_reader import DecodeForest, chain_forest, read_decode_forest
+from .tree_reader import DecodeForest, chain_forest, host_ints, read_decode_forest
 
 
 @dataclass
@@ -60,20 +62,8 @@ def _attention_shape(model_runner) -> tuple[int, int, int]:
     return q_heads, model_config.get_num_kv_heads(tp), model_config.head_dim
 
 
-def _pool_geometry(pool) -> tuple[Optional[int], int]:
-    """(slots per layer buffer, bytes per element) without touching a layer (no layer waits)."""
-    buffers = getattr(pool, "k_buffer", None)
-    if buffers:
-        return int(buffers[0].shape[0]), int(buffers[0].element_size())
-    return None, 2
-
-
 def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-def _host_ints(values) -> list[int]:
-    return [int(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
 
 
 class DeftAttnBackend(AttentionBackend):
@@ -108,6 +98,9 @@ class DeftAttnBackend(AttentionBackend):
         self.reason = model_unsupported_reason(model_runner)
         self._step: Optional[DeftStep] = None
         self._inner_ready = False
+        self.graphs: Optional[DecodeGraphs] = None  # set by init_cuda_graph_state
+        self._graph_decode = False  # this forward is a decode graph's capture (or a test replay)
+        self._graph_uses_inner = False  # some layer of the captured graphs runs the inner kernel
         self.steps = 0
         self.last_stats: Optional[dict] = None
         self._announce()
@@ -145,16 +138,16 @@ class DeftAttnBackend(AttentionBackend):
     # ---- per-step metadata -------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch):
         """Plan DeFT for a decode batch; anything else (or a failed plan) goes to the inner."""
-        self._step, self._inner_ready = None, False
+        self._step, self._inner_ready, self._graph_decode = None, False, False
         if self.reason is None and forward_batch.forward_mode.is_decode() and not _capturing():
             self._step = self._plan_or_none(forward_batch)
         if self._step is None:
             self.inner.init_forward_metadata(forward_batch)
             self._inner_ready = True
 
-    def _plan_or_none(self, forward_batch) -> Optional[DeftStep]:
+    def _plan_or_none(self, forward_batch, any_size: bool = False) -> Optional[DeftStep]:
         try:
-            return self._plan(forward_batch)
+            return self._plan(forward_batch, any_size)
         except Exception as exc:  # never fail a server step over DeFT: stock decode is exact
             warn_once(f"plan:{type(exc).__name__}", "DeFT: planning a decode step failed (%s: %s); "
                       "such steps decode with the stock %s kernel.", type(exc).__name__, exc,
@@ -170,35 +163,38 @@ class DeftAttnBackend(AttentionBackend):
         if info is not None and len(info.reqs) != batch_size:
             return None  # padded or split batch: let the stock backend handle it
         if forward_batch.seq_lens_cpu is not None:
-            seq_lens = _host_ints(forward_batch.seq_lens_cpu[:batch_size])
+            seq_lens = host_ints(forward_batch.seq_lens_cpu[:batch_size])
         elif info is not None and info.seq_lens is not None:
             seq_lens = list(info.seq_lens)
         else:
-            seq_lens = _host_ints(forward_batch.seq_lens[:batch_size].cpu())
+            seq_lens = host_ints(forward_batch.seq_lens[:batch_size].cpu())
         if info is not None and info.req_pool_indices is not None:
             rows = list(info.req_pool_indices)
         else:
-            rows = _host_ints(forward_batch.req_pool_indices[:batch_size].cpu())
+            rows = host_ints(forward_batch.req_pool_indices[:batch_size].cpu())
         if info is None:
             return chain_forest(rows, seq_lens)
         return read_decode_forest(info.reqs, rows, seq_lens, info.tree_cache, self.req_to_token,
                                   verify=self.config.verify_tree)
 
-    def _plan(self, forward_batch) -> Optional[DeftStep]:
-        if forward_batch.batch_size < self.config.min_batch_size:
+    def _plan(self, forward_batch, any_size: bool = False) -> Optional[DeftStep]:
+        if forward_batch.batch_size < self.config.min_batch_size and not any_size:
             return None
         forest = self._read_forest(forward_batch)
         if forest is None:
             return None
-        num_slots, elem_bytes = _pool_geometry(self.token_to_kv_pool)
+        return self._plan_forest(forest, forward_batch.batch_size)
+
+    def _plan_forest(self, forest: DecodeForest, batch_size: int) -> DeftStep:
+        num_slots, elem_bytes = pool_geometry(self.token_to_kv_pool)
         plan = plan_tree_attention(
             forest.node_parent, forest.node_kv_indptr, forest.gather_kv_indices(self.req_to_token),
             forest.query_node, num_qo_heads=self.q_heads, num_kv_heads=self.kv_heads,
             head_dim=self.head_dim, device=self.device, validate=self.config.validate_plan,
             num_slots=num_slots, kv_elem_bytes=elem_bytes)
         self.steps += 1
-        self._log_step(plan, forest, forward_batch.batch_size)
-        return DeftStep(plan, forest, forward_batch.batch_size)
+        self._log_step(plan, forest, batch_size)
+        return DeftStep(plan, forest, batch_size)
 
     def _log_step(self, plan, forest: DecodeForest, batch_size: int) -> None:
         if not logger.isEnabledFor(logging.DEBUG):
@@ -218,9 +214,12 @@ class DeftAttnBackend(AttentionBackend):
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
         """Decode attention for one layer: DeFT when the step was planned, else the inner."""
         step = self._step
-        if step is not None:
+        if step is not None or self._graph_decode:
             reason = layer_unsupported_reason(layer, self.q_heads, self.kv_heads, self.head_dim,
                                               kwargs)
+            if reason is None and self._graph_decode:
+                # Inside a graph capture: no fallback is possible once recorded, so let errors out.
+                return self._deft_decode(None, q, k, v, layer, forward_batch, save_kv_cache)
             if reason is None:
                 try:
                     return self._deft_decode(step, q, k, v, layer, forward_batch, save_kv_cache)
@@ -231,6 +230,7 @@ class DeftAttnBackend(AttentionBackend):
                               type(exc).__name__, exc, self.inner_name)
                     logger.debug("DeFT run failure", exc_info=True)
             else:
+                self._graph_uses_inner |= self._graph_decode
                 warn_once(f"layer:{reason}", "DeFT: %s is not supported; such layers decode with "
                           "the stock %s kernel.", reason, self.inner_name)
         if not self._inner_ready:
@@ -241,14 +241,20 @@ class DeftAttnBackend(AttentionBackend):
                                          save_kv_cache=save_kv_cache, **extra)
 
     @torch.compiler.disable  # like SGLang's Triton backend: keep Triton launches out of dynamo
-    def _deft_decode(self, step: DeftStep, q, k, v, layer, forward_batch, save_kv_cache):
+    def _deft_decode(self, step: Optional[DeftStep], q, k, v, layer, forward_batch,
+                     save_kv_cache):
+        """One layer of DeFT decode: with ``step``'s plan, or (None) with the graph workspace."""
         if save_kv_cache and k is not None and v is not None:
             self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc), k, v)
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         out = q3.new_empty((q3.shape[0], layer.tp_q_head_num, layer.v_head_dim))
-        step.plan.run(q3, self.token_to_kv_pool.get_key_buffer(layer.layer_id),
-                      self.token_to_kv_pool.get_value_buffer(layer.layer_id),
-                      sm_scale=layer.scaling, out=out, check=self.steps <= 1)
+        k_cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+        v_cache = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        if step is None:
+            self.graphs.workspace.run(q3, k_cache, v_cache, out, sm_scale=layer.scaling)
+        else:
+            step.plan.run(q3, k_cache, v_cache, sm_scale=layer.scaling, out=out,
+                          check=self.steps <= 1)
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
@@ -259,16 +265,41 @@ class DeftAttnBackend(AttentionBackend):
     def forward_mixed(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True):
         return self.inner.forward_mixed(q, k, v, layer, forward_batch, save_kv_cache)
 
-    # ---- CUDA graphs and other hooks: the inner backend --------------------------------------
+    # ---- CUDA graphs ----------------------------------------------------------------------------
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        if self.reason is None:
+        """Inner graph state (extend graphs, fallbacks), plus DeFT's decode-graph workspace."""
+        result = self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
+        if self.reason is None and self.config.cuda_graph == "on":
+            self.graphs = create_decode_graphs(self, max_bs)
+        elif self.reason is None:
             warn_once("graphs", "DeFT: decode batches replayed from CUDA graphs use the stock %s "
-                      "kernel (DeFT graphs are not implemented yet).", self.inner_name)
-        return self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
+                      "kernel (DEFT_CUDA_GRAPH=%s).", self.inner_name, self.config.cuda_graph)
+        return result
+
+    def deft_prepare_graph_replay(self, forward_batch) -> bool:
+        """Plan a decode step SGLang is about to replay from a graph (``graph_runner`` patch,
+        with the full batch); False: its plan does not fit, so SGLang runs it eagerly."""
+        if self.graphs is None or not forward_batch.forward_mode.is_decode():
+            return True  # the captured graph holds the inner kernel, or this is not decode
+        step = self._plan_or_none(forward_batch, any_size=True)
+        return step is not None and self.graphs.offer(forward_batch.out_cache_loc, step)
 
     def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
-        self._step, self._inner_ready = None, True
-        return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
+        """Before a graph's capture or replay: DeFT's decode graphs load their step's plan."""
+        decode = self.graphs is not None and forward_batch.forward_mode.is_decode()
+        self._step, self._inner_ready, self._graph_decode = None, True, decode and in_capture
+        if not decode:
+            return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
+        if in_capture:  # no tree yet: an empty work list (padding rows read nothing)
+            self.graphs.workspace.load_empty()
+            return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=True)
+        step = self.graphs.take(forward_batch.out_cache_loc)
+        if step is None:  # replay not announced through can_run_graph: read plain chains
+            step = self._plan_forest(view_chain_forest(forward_batch), forward_batch.batch_size)
+        self.graphs.workspace.load(step.plan)  # raises if the chain plan does not fit
+        if self._graph_uses_inner:
+            self.inner.init_forward_metadata_out_graph(forward_batch)
+        return None
 
     def init_forward_metadata_in_graph(self, forward_batch):
         return self.inner.init_forward_metadata_in_graph(forward_batch)

@@ -13,9 +13,12 @@ Variable                                Default    Meaning
                                                    decode batches DeFT does not handle; default:
                                                    ``--attention-backend`` when it names a stock
                                                    backend, else ``triton``.
-``DEFT_CUDA_GRAPH``                     disable    ``disable``: turn decode CUDA graphs off when
-                                                   DeFT decodes; ``fallback``: keep them, and
-                                                   graph-replayed batches use the stock kernel.
+``DEFT_CUDA_GRAPH``                     ``on``     ``on``: DeFT decodes inside SGLang's decode
+                                                   CUDA graphs; ``disable``: turn decode graphs
+                                                   off (DeFT runs eagerly); ``fallback``: graphs
+                                                   replay the stock decode kernel.
+``DEFT_GRAPH_WORKSPACE_MB``             ``256``    Memory for the partial results of graph
+                                                   replays; a step needing more runs eagerly.
 ``DEFT_VERIFY_TREE``                    ``0``      Check every shared node's KV slots against
                                                    each request's ``req_to_token`` row (a device
                                                    sync per step; for debugging).
@@ -35,7 +38,7 @@ from typing import Any, Mapping, Optional
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-CUDA_GRAPH_MODES = ("disable", "fallback")
+CUDA_GRAPH_MODES = ("on", "disable", "fallback")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_ENABLE = "DEFT_ENABLE"
 ENV_ALLOW_UNSUPPORTED = "DEFT_ALLOW_UNSUPPORTED_SGLANG"
@@ -104,7 +107,9 @@ class DeftConfig:
     fallback_backend : str
         Stock SGLang backend name for extend/prefill and for decode batches DeFT skips.
     cuda_graph : str
-        ``"disable"`` or ``"fallback"``; see the module docstring.
+        ``"on"``, ``"disable"`` or ``"fallback"``; see the module docstring.
+    graph_workspace_mb : int
+        Partial-result memory of the CUDA-graph workspace, in MiB.
     verify_tree : bool
         Compare shared nodes' slots with every request's ``req_to_token`` row each step.
     validate_plan : bool
@@ -118,7 +123,8 @@ class DeftConfig:
     enable: bool = False
     allow_unsupported_sglang: bool = False
     fallback_backend: str = "triton"
-    cuda_graph: str = "disable"
+    cuda_graph: str = "on"
+    graph_workspace_mb: int = 256
     verify_tree: bool = False
     validate_plan: bool = False
     min_batch_size: int = 1
@@ -146,7 +152,8 @@ class DeftConfig:
             enable=_get_bool(env, ENV_ENABLE, False),
             allow_unsupported_sglang=_get_bool(env, ENV_ALLOW_UNSUPPORTED, False),
             fallback_backend=_fallback_backend(env, server_args),
-            cuda_graph=_get_choice(env, "DEFT_CUDA_GRAPH", "disable", CUDA_GRAPH_MODES),
+            cuda_graph=_get_choice(env, "DEFT_CUDA_GRAPH", "on", CUDA_GRAPH_MODES),
+            graph_workspace_mb=_get_int(env, "DEFT_GRAPH_WORKSPACE_MB", 256, 16),
             verify_tree=_get_bool(env, "DEFT_VERIFY_TREE", False),
             validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),

@@ -224,3 +224,8 @@ def read_decode_forest(reqs: Sequence, req_pool_indices: Sequence[int], seq_lens
 def chain_forest(req_pool_indices: Sequence[int], seq_lens: Sequence[int]) -> DecodeForest:
     """Every request as an unshared chain ``row[0:seq_len]`` (what stock decode reads)."""
     return read_decode_forest([None] * len(seq_lens), req_pool_indices, seq_lens)
+
+
+def host_ints(values) -> list[int]:
+    """Python ints from a host tensor, array or sequence."""
+    return [int(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]

@@ -7,14 +7,14 @@ started on ``--model-path`` with ``--load-format dummy``, then:
   run once to cache it, then ``width`` branches = prefix + 4 distinct tokens, all groups' branches
   in one batch), greedy, ``return_logprob`` with ``top_logprobs_num=2``; every DeFT launch is
   compared with ``stock`` (see ``_e2e_metrics``);
-* throughput: prefix ~1k / 8k x width 16 / 32 / 64 x 256 new tokens (``ignore_eos``), decode
-  tokens per second of the branch batch (prefix cached first).
+* throughput: prefix ~1k / 8k / 16k x width 16 / 32 / 64 x 256 new tokens (``ignore_eos``),
+  decode tokens per second of the branch batch (prefix cached first).
 
-Launches: ``stock`` (``--attention-backend triton``, decode CUDA graphs off), ``deft``
-(``python -m sglang.launch_server --attention-backend deft``), ``deft_module``
-(``python -m deft_sglang.launch_server``), ``deft_engine`` (``deft_sglang.enable()`` +
-``sgl.Engine``), ``stock_graphs`` (Triton with decode CUDA graphs on: the reference number).
-DeFT decodes without CUDA graphs for now, so the like-for-like pair is stock vs deft.
+Launches (decode CUDA graphs on, SGLang's default, unless said): ``stock`` (``--attention-backend
+triton``), ``stock_flashinfer`` (``--attention-backend flashinfer``), ``deft`` (``python -m
+sglang.launch_server --attention-backend deft``), ``deft_module`` (``python -m
+deft_sglang.launch_server``), ``deft_engine`` (``deft_sglang.enable()`` + ``sgl.Engine``),
+``deft_eager`` (``deft`` with ``DEFT_CUDA_GRAPH=disable``: decode graphs off).
 
     python examples/e2e_compare.py --model-path /tmp/sglang-0.5.17/models/llama-1b-shape \\
         --out benchmarks/results/e2e-llama-1b [--quick]
@@ -37,14 +37,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import EngineClient, HTTPClient  # noqa: E402
 from _e2e_metrics import Generation, compare  # noqa: E402
 
-LAUNCHES = ("stock", "deft", "deft_module", "deft_engine", "stock_graphs")
+LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_module", "deft_engine", "deft_eager")
 SERVER_FLAGS = {
-    "stock": ["-m", "sglang.launch_server", "--attention-backend", "triton",
-              "--cuda-graph-backend-decode", "disabled"],
+    "stock": ["-m", "sglang.launch_server", "--attention-backend", "triton"],
+    "stock_flashinfer": ["-m", "sglang.launch_server", "--attention-backend", "flashinfer"],
     "deft": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
     "deft_module": ["-m", "deft_sglang.launch_server"],
-    "stock_graphs": ["-m", "sglang.launch_server", "--attention-backend", "triton"],
+    "deft_eager": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
 }
+LAUNCH_ENV = {"deft_eager": {"DEFT_CUDA_GRAPH": "disable"}}
+THROUGHPUT_LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_eager")
 DEFAULT_EXTRA = "--sampling-backend pytorch --skip-server-warmup"
 
 
@@ -53,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-path", required=True)
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--quick", action="store_true", help="short outputs, one throughput point")
-    p.add_argument("--launches", default="stock,deft,deft_module,deft_engine,stock_graphs")
+    p.add_argument("--launches", default="stock,stock_flashinfer,deft,deft_module,deft_engine")
+    p.add_argument("--grid", default="1024,8192,16384:16,32,64",
+                   help="throughput grid 'prefixes:widths' (256 new tokens each)")
     p.add_argument("--extra-server-args", default=DEFAULT_EXTRA,
                    help=f"appended to every launch (default: {DEFAULT_EXTRA!r})")
     p.add_argument("--groups", type=int, default=10)
@@ -69,8 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"unknown launches {sorted(unknown)}; choose from {', '.join(LAUNCHES)}")
     if args.quick:
         args.new_tokens, args.prefix_len = min(args.new_tokens, 24), min(args.prefix_len, 256)
+    prefixes, widths = (part.split(",") for part in args.grid.split(":"))
     args.grid = ([(1024, 16, 64)] if args.quick else
-                 [(p_, w, 256) for p_ in (1024, 8192) for w in (16, 32, 64)])
+                 [(int(p_), int(w), 256) for p_ in prefixes for w in widths])
     return args
 
 
@@ -133,8 +138,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stock_env() -> dict:
-    return {k: v for k, v in os.environ.items() if k != "DEFT_ENABLE"}
+def launch_env(name: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "DEFT_ENABLE"}
+    env.update(LAUNCH_ENV.get(name, {}))
+    return env
 
 
 def start_server(name: str, args, port: int) -> tuple[subprocess.Popen, list, str]:
@@ -143,7 +150,7 @@ def start_server(name: str, args, port: int) -> tuple[subprocess.Popen, list, st
            *shlex.split(args.extra_server_args)]
     log_path = os.path.join(args.out, f"{name}.log")
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=stock_env())
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(name))
     return proc, cmd, log_path
 
 
@@ -198,7 +205,7 @@ def with_client(name: str, args):
     except Exception:
         stop(proc)
         raise
-    record = {"command": shlex.join(cmd), "log": log_path}
+    record = {"command": shlex.join(cmd), "log": log_path, "env": LAUNCH_ENV.get(name, {})}
 
     def cleanup():
         stop(proc)
@@ -214,10 +221,10 @@ def run_launch(name: str, args, vocab: int) -> tuple[dict, list]:
     outputs = []
     try:
         record["startup_s"] = round(time.perf_counter() - started, 1)
-        if name != "stock_graphs":
+        if name != "stock_flashinfer":
             outputs = run_correctness(client, args, vocab)
             print(f"    correctness: {len(outputs)} requests", flush=True)
-        if name in ("stock", "deft", "stock_graphs"):
+        if name in THROUGHPUT_LAUNCHES:
             record["throughput"] = run_throughput(client, args, vocab)
     finally:
         cleanup()
@@ -249,8 +256,8 @@ def main(argv=None) -> int:
               "quick": args.quick, "correctness_workload": {
                   "groups": args.groups, "width": args.width, "prefix_len": args.prefix_len,
                   "new_tokens": args.new_tokens, "greedy": True, "top_logprobs_num": 2},
-              "cuda_graphs": "decode graphs off for stock and deft (DeFT has no graphs yet); "
-                             "stock_graphs is Triton with decode graphs on, for reference",
+              "cuda_graphs": "decode graphs on (SGLang's default) for every launch except "
+                             "deft_eager",
               "launches": {}, "comparisons": {}}
     outputs = {}
     for name in args.launches:

@@ -7,6 +7,7 @@ attention_registry     ``ATTENTION_BACKENDS['deft']`` and the ``--*-attention-ba
 server_args            ``ServerArgs.__post_init__``: select DeFT when enabled; CUDA-graph policy
 forward_batch          ``ForwardBatch.init_new``: hand the decode batch's requests to the backend
 scheduler_entry        ``configure_scheduler_process`` / ``Engine.run_scheduler_process_func``
+graph_runner           ``DecodeCudaGraphRunner.can_run_graph``: plan a decode step before replay
 =====================  ==========================================================================
 
 Each module has ``apply()`` (idempotent), ``revert()`` and ``is_applied()``. :func:`apply_all`
@@ -21,7 +22,8 @@ import importlib
 from ._base import (SUPPORTED_SGLANG_VERSION, SGLangCompatError, check_sglang_version,
                     installed_sglang_version)
 
-PATCH_NAMES = ("attention_registry", "server_args", "forward_batch", "scheduler_entry")
+PATCH_NAMES = ("attention_registry", "server_args", "forward_batch", "scheduler_entry",
+               "graph_runner")
 _owners: set[str] = set()
 
 __all__ = ["PATCH_NAMES", "SUPPORTED_SGLANG_VERSION", "SGLangCompatError", "apply_all",

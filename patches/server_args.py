@@ -5,8 +5,8 @@
   named -> ``attention_backend = "deft"`` (stock Triton prefill inside DeFT); a backend named ->
   ``decode_attention_backend = "deft"`` (that backend keeps prefill).
 * Whenever DeFT decodes (``--attention-backend deft``, ``--decode-attention-backend deft`` or
-  enabled), decode CUDA graphs are turned off with one warning, unless ``DEFT_CUDA_GRAPH=fallback``
-  (graphs stay; graph-replayed batches then use the stock decode kernel).
+  enabled), ``DEFT_CUDA_GRAPH`` sets the decode CUDA-graph policy: ``on`` (default, DeFT runs
+  inside the graphs), ``fallback`` (graphs replay the stock kernel) or ``disable`` (graphs off).
 
 SGLang pickles the resulting ServerArgs into its scheduler processes, so the choice reaches them.
 """
@@ -56,20 +56,26 @@ def deft_decodes(server_args) -> bool:
 
 
 def apply_graph_policy(server_args) -> bool:
-    """Turn decode CUDA graphs off for DeFT (unless DEFT_CUDA_GRAPH=fallback); True if changed."""
+    """Apply ``DEFT_CUDA_GRAPH`` to decode CUDA graphs; True when the server args changed.
+
+    ``on`` (default): graphs stay, DeFT decodes inside them. ``fallback``: graphs stay and
+    replay the stock kernel. ``disable``: decode graphs are turned off, DeFT runs eagerly.
+    """
     config = getattr(server_args, "cuda_graph_config", None)
     phase = getattr(config, "decode", None)
     if phase is None or phase.backend == "disabled":
         return False
-    if get_config().cuda_graph == "fallback":
+    mode = get_config().cuda_graph
+    if mode == "fallback":
         warn_once("graph:fallback", "DeFT: decode CUDA graphs stay on (DEFT_CUDA_GRAPH=fallback); "
                   "batches replayed from a graph decode with the stock kernel.")
+    if mode != "disable":
         return False
     config = copy.deepcopy(config)
     config.decode.backend = "disabled"
     _set(server_args, cuda_graph_config=config)
-    warn_once("graph:disabled", "DeFT: decode CUDA graphs turned off (DeFT decode runs eagerly "
-              "for now; DEFT_CUDA_GRAPH=fallback keeps graphs with the stock kernel inside them).")
+    warn_once("graph:disabled", "DeFT: decode CUDA graphs turned off (DEFT_CUDA_GRAPH=disable); "
+              "DeFT decode runs eagerly.")
     return True
 
 

@@ -105,7 +105,7 @@ def test_launch_server_main_enables_deft(clean_env, sglang, monkeypatch):
     launch_server.main(["--model-path", model, "--load-format", "dummy", "--device", "cuda"])
     args = seen["args"]
     assert args.get_attention_backends() == ("deft", "deft")
-    assert args.cuda_graph_config.decode.backend == "disabled"
+    assert args.cuda_graph_config.decode.backend == "full"
     assert deft_sglang.is_enabled()
     assert pickle.loads(pickle.dumps(args)).get_attention_backends() == ("deft", "deft")
 

@@ -214,7 +214,7 @@ def test_extend_and_graph_hooks_go_to_the_inner_backend(sim_factory, deft_patche
 
     from deft_sglang.backend import DeftAttnBackend
 
-    deft = DeftAttnBackend(runner, inner=Inner())
+    deft = DeftAttnBackend(runner, inner=Inner(), config=DeftConfig(cuda_graph="fallback"))
     assert deft.custom_attribute == 42 and deft.forward_metadata == "inner-meta"
     deft.forward_metadata = None
     assert deft.inner.forward_metadata is None

@@ -9,7 +9,7 @@ from deft_sglang.config import DeftConfig
 def test_defaults():
     cfg = DeftConfig.from_env({})
     assert cfg == DeftConfig()
-    assert cfg.fallback_backend == "triton" and cfg.cuda_graph == "disable"
+    assert cfg.fallback_backend == "triton" and cfg.cuda_graph == "on"
     assert not cfg.enable and not cfg.validate_plan and cfg.min_batch_size == 1
 
 
@@ -19,6 +19,8 @@ def test_parsing():
                                "DEFT_MIN_BATCH_SIZE": "4", "DEFT_FALLBACK_BACKEND": "flashinfer"})
     assert cfg.enable and cfg.verify_tree and cfg.validate_plan
     assert cfg.cuda_graph == "fallback" and cfg.min_batch_size == 4
+    assert DeftConfig.from_env({"DEFT_CUDA_GRAPH": "disable"}).cuda_graph == "disable"
+    assert DeftConfig.from_env({"DEFT_GRAPH_WORKSPACE_MB": "64"}).graph_workspace_mb == 64
     assert cfg.fallback_backend == "flashinfer"
     assert DeftConfig.from_env({"DEFT_LOG_LEVEL": "DEBUG"}).log_level == "debug"
 
@@ -32,6 +34,7 @@ def test_parsing():
     ({"DEFT_FALLBACK_BACKEND": "a b"}, "DEFT_FALLBACK_BACKEND"),
     ({"DEFT_ALLOW_UNSUPPORTED_SGLANG": "2"}, "DEFT_ALLOW_UNSUPPORTED_SGLANG"),
     ({"DEFT_LOG_LEVEL": "loud"}, "DEFT_LOG_LEVEL"),
+    ({"DEFT_GRAPH_WORKSPACE_MB": "8"}, "DEFT_GRAPH_WORKSPACE_MB"),
 ])
 def test_invalid_values_name_the_variable(env, name):
     with pytest.raises(ValueError, match=name):

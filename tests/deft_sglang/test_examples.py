@@ -151,9 +151,9 @@ def test_e2e_main_writes_a_report(server, tmp_path, monkeypatch):
         common.HTTPClient(server), {"command": f"fake {name}"}, lambda: None))
     out = tmp_path / "out"
     code = e2e.main(["--model-path", str(tmp_path), "--out", str(out), "--quick",
-                     "--launches", "stock,deft,stock_graphs"])
+                     "--launches", "stock,deft,stock_flashinfer"])
     report = json.loads((out / "e2e.json").read_text())
-    assert code == 0 and set(report["launches"]) == {"stock", "deft", "stock_graphs"}
+    assert code == 0 and set(report["launches"]) == {"stock", "deft", "stock_flashinfer"}
     summary = report["comparisons"]["deft_vs_stock"]
     assert summary["requests"] == 200 and summary["token_equal_pct"] == 100.0
     assert report["launches"]["deft"]["throughput"][0]["width"] == 16

@@ -141,7 +141,7 @@ def test_moved_symbol_is_named(monkeypatch):
     assert not any(patches.applied().values())  # partial work undone
 
 
-def test_server_args_enable_selects_deft_and_turns_decode_graphs_off(monkeypatch):
+def test_server_args_enable_selects_deft_and_keeps_decode_graphs(monkeypatch):
     patches.apply_all(owner="t")
     plain = build_server_args()
     assert plain.get_attention_backends() == ("triton", "triton")
@@ -149,7 +149,7 @@ def test_server_args_enable_selects_deft_and_turns_decode_graphs_off(monkeypatch
     monkeypatch.setenv("DEFT_ENABLE", "1")
     enabled = build_server_args()
     assert enabled.get_attention_backends() == ("deft", "deft")
-    assert enabled.cuda_graph_config.decode.backend == "disabled"
+    assert enabled.cuda_graph_config.decode.backend == "full"  # DeFT runs inside the graphs
     hybrid = build_server_args(attention_backend="torch_native")
     assert hybrid.get_attention_backends() == ("torch_native", "deft")
     monkeypatch.setenv("DEFT_CUDA_GRAPH", "fallback")
@@ -157,12 +157,15 @@ def test_server_args_enable_selects_deft_and_turns_decode_graphs_off(monkeypatch
     assert kept.cuda_graph_config.decode.backend == "full"
 
 
-def test_cli_deft_without_enable_turns_decode_graphs_off():
+def test_graph_policy_disable_turns_only_decode_graphs_off(monkeypatch):
     patches.apply_all(owner="t")
+    monkeypatch.setenv("DEFT_CUDA_GRAPH", "disable")
     args = build_server_args(decode_attention_backend="deft")
     assert args.get_attention_backends() == ("triton", "deft")
     assert args.cuda_graph_config.decode.backend == "disabled"
     assert args.cuda_graph_config.prefill.backend != "disabled"  # prefill graphs untouched
+    stock = build_server_args()
+    assert stock.cuda_graph_config.decode.backend == "full"  # no DeFT: nothing changes
 
 
 def test_scheduler_entry(monkeypatch):
@@ -179,7 +182,6 @@ def test_scheduler_entry(monkeypatch):
     monkeypatch.setenv("DEFT_ENABLE", "1")
     assert configure(args, 0) == 7 and seen == [args, args]
     assert args.get_attention_backends() == ("triton", "deft")
-    assert args.cuda_graph_config.decode.backend == "disabled"
 
 
 def test_select_deft_rules():
