@@ -28,6 +28,7 @@ from ._logging import info_once, logger, warn_once
 from .config import DeftConfig, get_config
 from .graph import DecodeGraphs, create_decode_graphs, pool_geometry, view_chain_forest
 from .kernels import plan_tree_attention
+from .monitor import Monitor, ShadowCheck
 from .support import layer_unsupported_reason, model_unsupported_reason
 from .tree_reader import DecodeForest, chain_forest, host_ints, read_decode_forest
 
@@ -101,6 +102,10 @@ class DeftAttnBackend(AttentionBackend):
         self.graphs: Optional[DecodeGraphs] = None  # set by init_cuda_graph_state
         self._graph_decode = False  # this forward is a decode graph's capture (or a test replay)
         self._graph_uses_inner = False  # some layer of the captured graphs runs the inner kernel
+        shadow = ShadowCheck(self.device) if self.config.shadow_check else None
+        self.monitor = Monitor(self.config.stats_interval, shadow)
+        if shadow is not None:  # replays then prepare the inner backend's metadata too
+            self._graph_uses_inner = True
         self.steps = 0
         self.last_stats: Optional[dict] = None
         self._announce()
@@ -141,11 +146,19 @@ class DeftAttnBackend(AttentionBackend):
         self._step, self._inner_ready, self._graph_decode = None, False, False
         if self.reason is None and forward_batch.forward_mode.is_decode() and not _capturing():
             self._step = self._plan_or_none(forward_batch)
+            if self._step is not None:
+                self._step_done(self._step)
         if self._step is None:
             self.inner.init_forward_metadata(forward_batch)
             self._inner_ready = True
 
+    def _step_done(self, step: DeftStep) -> None:
+        if self.monitor.shadow is not None:
+            self.monitor.shadow.set_rows(step.batch_size)
+        self.monitor.step_done()
+
     def _plan_or_none(self, forward_batch, any_size: bool = False) -> Optional[DeftStep]:
+        self.monitor.timer.start()
         try:
             return self._plan(forward_batch, any_size)
         except Exception as exc:  # never fail a server step over DeFT: stock decode is exact
@@ -219,10 +232,12 @@ class DeftAttnBackend(AttentionBackend):
                                               kwargs)
             if reason is None and self._graph_decode:
                 # Inside a graph capture: no fallback is possible once recorded, so let errors out.
-                return self._deft_decode(None, q, k, v, layer, forward_batch, save_kv_cache)
+                out = self._deft_decode(None, q, k, v, layer, forward_batch, save_kv_cache)
+                return self._shadow(out, q, k, v, layer, forward_batch, kwargs)
             if reason is None:
                 try:
-                    return self._deft_decode(step, q, k, v, layer, forward_batch, save_kv_cache)
+                    out = self._deft_decode(step, q, k, v, layer, forward_batch, save_kv_cache)
+                    return self._shadow(out, q, k, v, layer, forward_batch, kwargs)
                 except Exception as exc:  # e.g. a kernel that fails to compile: stay up
                     self._step, self.reason = None, f"decode kernel failure ({exc})"
                     warn_once(f"run:{type(exc).__name__}", "DeFT: decode kernel failed (%s: %s); "
@@ -233,12 +248,22 @@ class DeftAttnBackend(AttentionBackend):
                 self._graph_uses_inner |= self._graph_decode
                 warn_once(f"layer:{reason}", "DeFT: %s is not supported; such layers decode with "
                           "the stock %s kernel.", reason, self.inner_name)
+        return self._inner_decode(q, k, v, layer, forward_batch, save_kv_cache, kwargs)
+
+    def _inner_decode(self, q, k, v, layer, forward_batch, save_kv_cache, kwargs):
         if not self._inner_ready:
             self.inner.init_forward_metadata(forward_batch)
             self._inner_ready = True
         extra = {k_: v_ for k_, v_ in kwargs.items() if v_ is not None}
         return self.inner.forward_decode(q, k, v, layer, forward_batch,
                                          save_kv_cache=save_kv_cache, **extra)
+
+    def _shadow(self, out, q, k, v, layer, forward_batch, kwargs):
+        """``DEFT_SHADOW_CHECK``: fold ``|out - stock|`` into the monitor; returns ``out``."""
+        if self.monitor.shadow is not None:
+            ref = self._inner_decode(q, k, v, layer, forward_batch, False, kwargs)
+            self.monitor.shadow.compare(out, ref)
+        return out
 
     @torch.compiler.disable  # like SGLang's Triton backend: keep Triton launches out of dynamo
     def _deft_decode(self, step: Optional[DeftStep], q, k, v, layer, forward_batch,
@@ -299,6 +324,7 @@ class DeftAttnBackend(AttentionBackend):
         self.graphs.workspace.load(step.plan)  # raises if the chain plan does not fit
         if self._graph_uses_inner:
             self.inner.init_forward_metadata_out_graph(forward_batch)
+        self._step_done(step)
         return None
 
     def init_forward_metadata_in_graph(self, forward_batch):

@@ -25,6 +25,11 @@ Variable                                Default    Meaning
 ``DEFT_VALIDATE_PLAN``                  ``0``      Validate the forest handed to the planner (host sync).
 ``DEFT_MIN_BATCH_SIZE``                 ``1``      Decode batches smaller than this use the
                                                    stock kernel.
+``DEFT_SHADOW_CHECK``                   ``0``      Also run the stock kernel on every DeFT decode
+                                                   layer and keep the largest difference (slow;
+                                                   logged every ``DEFT_STATS_INTERVAL`` steps).
+``DEFT_STATS_INTERVAL``                 ``0``      Every this many decode steps, log the host time
+                                                   per step (and the shadow check); 0: never.
 ``DEFT_LOG_LEVEL``                      (unset)    Level of the ``deft_sglang`` logger, e.g.
                                                    ``debug`` for per-step stats without SGLang's
                                                    own debug output.
@@ -116,6 +121,10 @@ class DeftConfig:
         Validate the forest arrays in the planner.
     min_batch_size : int
         Smallest decode batch DeFT handles.
+    shadow_check : bool
+        Compare every DeFT decode layer with the stock kernel (debugging, evidence).
+    stats_interval : int
+        Decode steps between two INFO lines of run-time statistics (0: none).
     log_level : str or None
         Level for the ``deft_sglang`` logger (None: inherit SGLang's).
     """
@@ -128,6 +137,8 @@ class DeftConfig:
     verify_tree: bool = False
     validate_plan: bool = False
     min_batch_size: int = 1
+    shadow_check: bool = False
+    stats_interval: int = 0
     log_level: Optional[str] = None
 
     @classmethod
@@ -157,6 +168,8 @@ class DeftConfig:
             verify_tree=_get_bool(env, "DEFT_VERIFY_TREE", False),
             validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
+            shadow_check=_get_bool(env, "DEFT_SHADOW_CHECK", False),
+            stats_interval=_get_int(env, "DEFT_STATS_INTERVAL", 0, 0),
             log_level=_get_choice(env, "DEFT_LOG_LEVEL", "", LOG_LEVELS) or None,
         )
 

@@ -14,7 +14,10 @@ Launches (decode CUDA graphs on, SGLang's default, unless said): ``stock`` (``--
 triton``), ``stock_flashinfer`` (``--attention-backend flashinfer``), ``deft`` (``python -m
 sglang.launch_server --attention-backend deft``), ``deft_module`` (``python -m
 deft_sglang.launch_server``), ``deft_engine`` (``deft_sglang.enable()`` + ``sgl.Engine``),
-``deft_eager`` (``deft`` with ``DEFT_CUDA_GRAPH=disable``: decode graphs off).
+``deft_eager`` (``deft`` with ``DEFT_CUDA_GRAPH=disable``: decode graphs off), ``deft_shadow``
+(``deft`` with ``DEFT_SHADOW_CHECK=1``: every decode layer also runs the stock kernel; the report
+gets the largest difference seen, from the server log). DeFT servers log their host time per
+decode step (``DEFT_STATS_INTERVAL``); the report keeps the last such line.
 
     python examples/e2e_compare.py --model-path /tmp/sglang-0.5.17/models/llama-1b-shape \\
         --out benchmarks/results/e2e-llama-1b [--quick]
@@ -37,15 +40,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import EngineClient, HTTPClient  # noqa: E402
 from _e2e_metrics import Generation, compare  # noqa: E402
 
-LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_module", "deft_engine", "deft_eager")
+LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_module", "deft_engine", "deft_eager",
+            "deft_shadow")
 SERVER_FLAGS = {
     "stock": ["-m", "sglang.launch_server", "--attention-backend", "triton"],
     "stock_flashinfer": ["-m", "sglang.launch_server", "--attention-backend", "flashinfer"],
     "deft": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
     "deft_module": ["-m", "deft_sglang.launch_server"],
     "deft_eager": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
+    "deft_shadow": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
 }
-LAUNCH_ENV = {"deft_eager": {"DEFT_CUDA_GRAPH": "disable"}}
+LAUNCH_ENV = {"deft": {"DEFT_STATS_INTERVAL": "200"},
+              "deft_eager": {"DEFT_CUDA_GRAPH": "disable", "DEFT_STATS_INTERVAL": "200"},
+              "deft_shadow": {"DEFT_SHADOW_CHECK": "1", "DEFT_STATS_INTERVAL": "20"}}
+LOG_MARKERS = {"deft_active_logged": "DeFT tree attention active",
+               "deft_graphs_logged": "DeFT decodes inside CUDA graphs",
+               "host_time_line": "DeFT host time per decode step",
+               "shadow_check_line": "DeFT shadow check"}
 THROUGHPUT_LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_eager")
 DEFAULT_EXTRA = "--sampling-backend pytorch --skip-server-warmup"
 
@@ -210,8 +221,17 @@ def with_client(name: str, args):
     def cleanup():
         stop(proc)
         with open(log_path) as f:
-            record["deft_active_logged"] = "DeFT tree attention active" in f.read()
+            record.update(scan_log(f.read()))
     return HTTPClient(url, timeout=3600), record, cleanup
+
+
+def scan_log(text: str) -> dict:
+    """What a server log says about DeFT: flags for one-time lines, the last periodic ones."""
+    found = {}
+    for key, marker in LOG_MARKERS.items():
+        lines = [line[line.index(marker):] for line in text.splitlines() if marker in line]
+        found[key] = (bool(lines) if key.endswith("_logged") else (lines[-1] if lines else None))
+    return found
 
 
 def run_launch(name: str, args, vocab: int) -> tuple[dict, list]:

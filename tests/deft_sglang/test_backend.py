@@ -76,6 +76,9 @@ def test_decode_matches_stock(sim_factory, deft_patches, page_size, dtype):
     fork(sim, [[1000 + i, 5] for i in range(4)])
     runner, deft, native, triton = backends(sim)
     atol = 2e-3 if dtype == torch.float16 else 1e-4
+    # SGLang's Triton kernel multiplies fp32 in TF32 on a GPU (10-bit mantissa): DeFT is held
+    # to torch-native's exact fp32 and to Triton's at TF32 rounding.
+    triton_atol = 5e-3 if sim.device == "cuda" and dtype == torch.float32 else atol
     for step in range(3):
         sim.decode()
         fb = forward_batch(sim, runner)
@@ -88,7 +91,8 @@ def test_decode_matches_stock(sim_factory, deft_patches, page_size, dtype):
             saved = sim.kv_pool.k_buffer[layer_id][fb.out_cache_loc]
             assert torch.equal(saved, k)  # the new token's K was stored before attending
             torch.testing.assert_close(out, run(native, fb, lay, q, k, v), atol=atol, rtol=0)
-            torch.testing.assert_close(out, run(triton, fb, lay, q, k, v), atol=atol, rtol=0)
+            torch.testing.assert_close(out, run(triton, fb, lay, q, k, v), atol=triton_atol,
+                                       rtol=0)
         sim.sample()
     stats = deft._step.plan.stats()
     assert stats["unique_kv_tokens"] < stats["per_request_kv_tokens"]
@@ -316,3 +320,28 @@ def test_strided_q_from_a_fused_qkv(sim_factory, deft_patches):
     assert not q_view.is_contiguous()
     out = run(deft, fb, lay, q_view, k, v)
     torch.testing.assert_close(out, run(native, fb, lay, q, k, v), atol=2e-3, rtol=0)
+
+
+def test_shadow_check_and_step_stats(sim_factory, deft_patches, caplog):
+    sim = sim_factory()
+    fork(sim, [[1], [2], [3]])
+    config = DeftConfig(shadow_check=True, stats_interval=2)
+    runner, deft, native, _ = backends(sim, config=config)
+    with caplog.at_level(logging.INFO, logger="deft_sglang"):
+        for step in range(2):
+            sim.decode()
+            fb = forward_batch(sim, runner)
+            lay = layer(sim)
+            q, k, v = qkv(sim, fb.batch_size, seed=30 + step)
+            run(deft, fb, lay, q, k, v)
+            sim.sample()
+    check = deft.monitor.shadow.summary()
+    assert check["max_abs_stock"] > 0 and check["max_abs_diff"] < 2e-3
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("DeFT host time per decode step over the last 2 steps")
+               for line in lines)
+    assert any(line.startswith("DeFT shadow check after 2 steps") for line in lines)
+    # A wrong result cannot hide: a stock output off by 0.5 shows up as a 0.5 difference.
+    deft.monitor.shadow.set_rows(3)
+    deft.monitor.shadow.compare(torch.zeros(3, 4), torch.full((3, 4), 0.5))
+    assert deft.monitor.shadow.summary()["max_abs_diff"] == 0.5

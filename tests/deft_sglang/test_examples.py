@@ -158,3 +158,14 @@ def test_e2e_main_writes_a_report(server, tmp_path, monkeypatch):
     assert summary["requests"] == 200 and summary["token_equal_pct"] == 100.0
     assert report["launches"]["deft"]["throughput"][0]["width"] == 16
     assert (out / "outputs_deft.json").exists()
+
+
+def test_e2e_scans_server_logs_for_deft_lines():
+    e2e = importlib.import_module("e2e_compare")
+    log = ("[x] DeFT tree attention active for decode\n"
+           "[x] DeFT shadow check after 20 steps: max |deft - stock| = 0.001 (max |stock| = 1)\n"
+           "[y] DeFT shadow check after 40 steps: max |deft - stock| = 0.002 (max |stock| = 1)\n")
+    found = e2e.scan_log(log)
+    assert found["deft_active_logged"] and not found["deft_graphs_logged"]
+    assert found["shadow_check_line"].startswith("DeFT shadow check after 40 steps")
+    assert found["host_time_line"] is None

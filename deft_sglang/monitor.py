@@ -1,0 +1,101 @@
+"""Opt-in run-time evidence from a live server: host time per decode step, and a shadow check.
+
+* :class:`StepTimer` keeps the host time the backend spends per decode step (reading the tree,
+  planning, uploading) and, every ``DEFT_STATS_INTERVAL`` steps, logs its distribution.
+* :class:`ShadowCheck` (``DEFT_SHADOW_CHECK=1``): every DeFT decode layer also runs the stock
+  kernel on the same inputs and keeps, on the device, the largest ``|deft - stock|`` and the
+  largest ``|stock|`` seen. Both are tensor ops with fixed addresses, so they are captured into
+  CUDA graphs and replayed with them. The interval log reads them (one device sync). This checks
+  DeFT against stock on the real batches and radix trees of a running server, which dummy-weight
+  models cannot (their logits are flat, so tokens barely depend on attention).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ._logging import logger
+
+WINDOW = 4096  # steps kept for the host-time percentiles
+
+
+class StepTimer:
+    """Host seconds per decode step, over the last :data:`WINDOW` steps."""
+
+    def __init__(self):
+        self.samples: deque = deque(maxlen=WINDOW)
+        self._start: Optional[float] = None
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._start is not None:
+            self.samples.append(time.perf_counter() - self._start)
+            self._start = None
+
+    def summary(self) -> dict:
+        """Percentiles in microseconds (empty when no step was timed)."""
+        if not self.samples:
+            return {}
+        us = np.asarray(self.samples) * 1e6
+        return dict(steps=int(us.size), p50_us=float(np.percentile(us, 50)),
+                    p90_us=float(np.percentile(us, 90)), p99_us=float(np.percentile(us, 99)),
+                    max_us=float(us.max()))
+
+
+class ShadowCheck:
+    """Largest ``|deft - stock|`` and ``|stock|`` over every compared layer, on ``device``."""
+
+    def __init__(self, device):
+        self.max_diff = torch.zeros((), dtype=torch.float32, device=device)
+        self.max_ref = torch.zeros((), dtype=torch.float32, device=device)
+        self.rows = torch.zeros((), dtype=torch.int64, device=device)  # real rows of the batch
+
+    def set_rows(self, num_rows: int) -> None:
+        """Rows past ``num_rows`` are graph padding (DeFT writes zeros there, stock does not)."""
+        self.rows.fill_(num_rows)
+
+    def compare(self, out: torch.Tensor, ref: torch.Tensor) -> None:
+        """Fold one layer's outputs in (no host sync; capturable)."""
+        ref = ref.float().view(out.shape)
+        real = (torch.arange(out.shape[0], device=out.device) < self.rows).view(-1, 1)
+        diff = torch.where(real, (out.float() - ref).abs(), 0.0)
+        torch.maximum(self.max_diff, diff.amax(), out=self.max_diff)
+        torch.maximum(self.max_ref, torch.where(real, ref.abs(), 0.0).amax(), out=self.max_ref)
+
+    def summary(self) -> dict:
+        """Host copy of the maxima (synchronises with the device)."""
+        return dict(max_abs_diff=float(self.max_diff.item()), max_abs_stock=float(self.max_ref.item()))
+
+
+class Monitor:
+    """What the backend records per step; logs every ``interval`` steps (0: never)."""
+
+    def __init__(self, interval: int, shadow: Optional[ShadowCheck]):
+        self.interval = interval
+        self.timer = StepTimer()
+        self.shadow = shadow
+        self.steps = 0
+
+    def step_done(self) -> None:
+        self.timer.stop()
+        self.steps += 1
+        if self.interval and self.steps % self.interval == 0:
+            self.log()
+
+    def log(self) -> None:
+        host = self.timer.summary()
+        if host:
+            logger.info("DeFT host time per decode step over the last %d steps: p50 %.0f us, "
+                        "p90 %.0f us, p99 %.0f us, max %.0f us", host["steps"], host["p50_us"],
+                        host["p90_us"], host["p99_us"], host["max_us"])
+        if self.shadow is not None:
+            check = self.shadow.summary()
+            logger.info("DeFT shadow check after %d steps: max |deft - stock| = %.3g "
+                        "(max |stock| = %.3g)", self.steps, check["max_abs_diff"],
+                        check["max_abs_stock"])
