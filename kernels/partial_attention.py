@@ -1,10 +1,17 @@
 """Phase 1 of DeFT decode: partial attention of one KV chunk for every query that shares it.
 
-One program handles one work item for one KV head (grid ``[num_items, Hkv]``).  A work item is a chunk of one tree node's
-KV (``kv_len`` tokens starting at ``kv_begin`` in ``node_kv_indices``) and the node's query group
-(``q_count`` queries starting at ``q_begin`` in the sorted query order).  The query heads that
-share the KV head are packed into rows (GQA): row ``r`` is query ``r // GROUP`` and head
-``r % GROUP`` of this KV head, so a chunk is applied to all ``q_count * GROUP`` rows.
+A work item is a chunk of one tree node's KV (``kv_len`` tokens starting at ``kv_begin`` in
+``node_kv_indices``) and the node's query group (``q_count`` queries starting at ``q_begin`` in the
+sorted query order).  The query heads that share the KV head are packed into rows (GQA): row ``r``
+is query ``r // GROUP`` and head ``r % GROUP`` of this KV head, so a chunk is applied to all
+``q_count * GROUP`` rows.
+
+By default one program handles one work item for one KV head (grid ``[num_items, Hkv]``).  For
+CUDA graphs a fixed grid of persistent programs per KV head consumes the work list through a
+per-KV-head atomic counter instead: each program claims the next unclaimed item whenever it is
+free.  The planner sorts items heaviest first, so the heavy items start first and the light ones
+fill in behind them; load balance matches the one-program-per-item grid, whose hardware block
+scheduler hands items out in the same order.
 
 Rows are processed in tiles of ``BLOCK_M``; for each row tile the chunk is streamed in blocks of
 ``BLOCK_N`` tokens with an online softmax.  A program whose group needs several row tiles walks
@@ -17,6 +24,7 @@ Shapes and strides::
     k_cache      [num_slots, Hkv, D]     likewise; v_cache the same
     query_order  int32 [B]               sorted position -> query id
     items        int32 [5, num_items]    rows: kv_begin, kv_len, q_begin, q_count, slot_base
+    work_counters int32 [Hkv]            persistent grid only: next unclaimed item, zero at launch
     partial_out  [P, Hq, D]              normalised partial output of each (item, query), fp32
                                          or q's 16-bit dtype
     partial_lse  fp32 [P, Hq]            its log2-sum-exp (log base 2, scaled scores)
@@ -129,7 +137,7 @@ def _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_pt
 @triton.jit
 def _partial_attention_kernel(
     q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, items_stride, num_items_ptr,
-    partial_out_ptr, partial_lse_ptr,
+    work_counters_ptr, partial_out_ptr, partial_lse_ptr,
     stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
     stride_pp, stride_ph, stride_lp,
     qk_scale_log2,
@@ -140,13 +148,20 @@ def _partial_attention_kernel(
     kv_head = tl.program_id(1)
     if PERSISTENT:
         # A fixed grid walks a work list whose length lives in device memory (CUDA graphs).
+        # Items are claimed one at a time rather than dealt round-robin: items differ widely in
+        # cost, and a static deal can leave programs that drew heavy items running after the
+        # rest are idle.  No `break` in Triton: claim the first item before the loop.  Relaxed
+        # order suffices: the counter is the only state programs share (items are read-only and
+        # every partial slot has one writer), and acq_rel's fences cost about 5% (H200).
         num_items = tl.load(num_items_ptr)
-        for item in range(tl.program_id(0), num_items, tl.num_programs(0)):
+        item = tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
+        while item < num_items:
             _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr,
                       items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
                       stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
                       stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
                       SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+            item = tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
     else:
         _run_item(tl.program_id(0), kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr,
                   query_order_ptr, items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
@@ -158,27 +173,42 @@ def _partial_attention_kernel(
 def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items, partial_out,
                              partial_lse, sm_scale: float, small_m: int, small_n: int,
                              block_m: int, block_n: int, num_warps: int, num_stages: int,
-                             num_items_dev: torch.Tensor | None = None, num_programs: int = 0):
+                             num_items_dev: torch.Tensor | None = None, num_programs: int = 0,
+                             work_counters: torch.Tensor | None = None):
     """Run phase 1 over ``items`` (int32 [5, capacity], row-major: kv_begin, kv_len, q_begin,
     q_count, slot_base).  Items of at most ``small_m`` rows use ``small_m x small_n`` tiles, the
     others ``block_m x block_n``.  Writes ``partial_out``/``partial_lse``; no host sync.
 
     By default one program per item.  With ``num_items_dev`` (int32 [1] on the device) a fixed
-    grid of ``num_programs`` programs per KV head walks the first ``num_items_dev[0]`` items:
-    the launch then depends on no host value of the tree, as CUDA-graph replay requires.
-    Returns the compiled kernel (registers, spills, shared memory), or None for no items."""
+    grid of ``num_programs`` programs per KV head consumes the first ``num_items_dev[0]`` items
+    through ``work_counters`` (int32 [Hkv] on the device, required then): the launch depends on
+    no host value of the tree, as CUDA-graph replay requires.  The counters must be zero at
+    launch and are left past the end of the list, so the caller zeroes them before every launch
+    (a memset, which a graph captures too).
+    Returns the compiled kernel (registers, spills, shared memory), or None for no items.
+
+    Raises
+    ------
+    ValueError
+        If ``num_items_dev`` is given without ``work_counters`` of at least Hkv int32 entries.
+    """
     persistent = num_items_dev is not None
+    num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
+    if persistent and (work_counters is None or work_counters.dtype != torch.int32
+                       or work_counters.numel() < num_kv_heads
+                       or not work_counters.is_contiguous()):
+        raise ValueError("a persistent launch (num_items_dev) needs work_counters: "
+                         f"int32 [{num_kv_heads}] (one per KV head), zeroed before each launch")
     num_items = items.shape[1]
     if num_items == 0 or (persistent and num_programs < 1):
         return None
-    num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
     group = q.shape[1] // num_kv_heads
     interpret = interpreter_active()
     fp32_inputs = q.dtype == torch.float32
     grid = (num_programs if persistent else num_items, num_kv_heads)
     return _partial_attention_kernel[grid](
         q, k_cache, v_cache, kv_indices, query_order, items, items.stride(0),
-        num_items_dev if persistent else items,
+        num_items_dev if persistent else items, work_counters if persistent else items,
         partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1),

@@ -3,8 +3,11 @@
 A graph records kernel launches with their grids and pointers; on replay nothing about the tree
 may reach a launch from the host.  ``StaticTreeAttention`` therefore owns every buffer the kernels
 read or write, sized for the largest plan it accepts, and launches a fixed grid: phase 1 is a
-persistent kernel whose work-list length is read from device memory; the merge runs one program
-per batch row, and rows past the plan's queries own no partial and come out as zeros.
+persistent kernel whose work-list length is read from device memory; its programs consume the
+list through per-KV-head atomic counters, heaviest item first, so load balance matches the
+one-program-per-item grid of the eager path.  ``run`` zeroes the counters before each phase-1
+launch (a memset, captured in the graph with the launch).  The merge runs one program per batch
+row, and rows past the plan's queries own no partial and come out as zeros.
 
 Per decode step (outside the graph): ``plan = plan_tree_attention(...)``; ``static.load(plan)``
 (device-to-device copies only).  Per layer (inside or outside the graph): ``static.run(...)``.
@@ -33,9 +36,10 @@ class StaticTreeAttention:
     num_qo_heads, num_kv_heads, head_dim : the attention shape.
     dtype : q/k/v dtype (fp16, bf16 or fp32).
     device : a CUDA device (or CPU under ``TRITON_INTERPRET=1``).
-    num_programs : phase-1 programs per KV head (default: 4 per SM, or 4 on CPU).
+    num_programs : phase-1 programs per KV head (default: one per SM, or 4 on CPU).  Programs
+        claim items dynamically, so no count is tuned to the tree.
     config : the ``PlannerConfig`` plans for this workspace are built with (its tiles).
-    merge_block_p : partials per merge step.
+    merge_block_p : partials per merge step (at most; fewer where the step's tile would spill).
     """
 
     def __init__(self, *, max_queries: int, max_items: int, max_kv_tokens: int, max_partials: int,
@@ -47,10 +51,13 @@ class StaticTreeAttention:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.device = torch.device(device)
+        on_cuda = self.device.type == "cuda"
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count if on_cuda else 1
         if num_programs < 1:
-            sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
-                   if self.device.type == "cuda" else 1)
-            num_programs = 4 * sms
+            # One program per SM and KV head. On an H200 that matched eager with 8 KV heads; with
+            # 1 KV head, 8 per SM ran 29% slower (185 vs 143 us) as the first claimers shared SMs
+            # while others idled. The interpreter runs programs one by one: a few will do.
+            num_programs = sms if on_cuda else 4
         self.shape = (num_qo_heads, num_kv_heads, head_dim)
         self.capacity = dict(queries=max_queries, items=max_items, kv_tokens=max_kv_tokens,
                              partials=max_partials)
@@ -63,6 +70,7 @@ class StaticTreeAttention:
         int32 = dict(dtype=torch.int32, device=self.device)
         self.items = torch.zeros(5, max_items, **int32)
         self.num_items = torch.zeros(1, **int32)
+        self.work_counters = torch.zeros(num_kv_heads, **int32)  # phase-1 queue heads, per run
         self.kv_indices = torch.zeros(max_kv_tokens, **int32)
         self.query_order = torch.zeros(max_queries, **int32)
         self.merge_indptr = torch.zeros(max_queries + 1, **int32)
@@ -72,9 +80,11 @@ class StaticTreeAttention:
                                        device=self.device)
         self.partial_lse = torch.empty(max_partials, num_qo_heads, dtype=torch.float32,
                                        device=self.device)
-        block_h, _ = merge_launch_shape(max_queries, num_qo_heads, head_dim, merge_block_p,
-                                        num_programs // 4)
-        self.merge_shape = (block_h, merge_block_p)
+        # merge_launch_shape caps the partials per step so that a step's tile fits in registers:
+        # with many heads per program an uncapped block_p spills, and the merge then costs as
+        # much as phase 1 (H200, 1024 queries, 32 heads of 128: 239 us against 23 us).
+        self.merge_shape = merge_launch_shape(max_queries, num_qo_heads, head_dim, merge_block_p,
+                                              sms)
 
     def fits(self, plan: TreeAttentionPlan) -> bool:
         """Whether ``plan`` fits the buffers (and has this workspace's attention shape)."""
@@ -116,10 +126,12 @@ class StaticTreeAttention:
         head_dim = self.shape[2]
         sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
         block_m, block_n, small_n, warps, stages = self.tiles
+        self.work_counters.zero_()  # the last run left them past the end of its list
         launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
                                  self.items, self.partial_out, self.partial_lse, sm_scale,
                                  SMALL_M, small_n, block_m, block_n, warps, stages,
-                                 num_items_dev=self.num_items, num_programs=self.num_programs)
+                                 num_items_dev=self.num_items, num_programs=self.num_programs,
+                                 work_counters=self.work_counters)
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
                      out, *self.merge_shape)
         return out

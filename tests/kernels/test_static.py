@@ -4,6 +4,8 @@ import torch
 
 from deft_sglang.kernels import (PlannerConfig, StaticTreeAttention, plan_tree_attention,
                                  tree_attention_reference)
+from deft_sglang.kernels.partial_attention import launch_partial_attention
+from deft_sglang.kernels.planner import SMALL_M
 
 from .trees import DEVICE, make_forest, random_qkv, star
 
@@ -49,6 +51,33 @@ def test_reload_different_trees_into_fixed_buffers():
         assert torch.count_nonzero(out[num:]) == 0  # padding rows
     assert buffers == [t.data_ptr() for t in (static.items, static.merge_slots,
                                              static.partial_out)]
+
+
+def test_repeated_runs_of_one_plan():
+    # Phase 1 consumes the work list through counters that each run must start from zero: a
+    # second run that found them spent would run no item and merge the first run's partials.
+    static = workspace()
+    forest = TREES[0]
+    static.load(plan_for(forest))
+    num = len(forest.query_node)
+    for seed in (5, 6):  # new q each run, so stale partials cannot pass for fresh ones
+        q, k, v = random_qkv(forest, 12, HQ, HKV, D, torch.float32, seed=seed)
+        out = torch.full_like(q, float("nan"))
+        static.run(q, k, v, out)
+        assert (out[:num] - reference(forest, q[:num], k, v)).abs().max().item() < 2e-5
+
+
+def test_persistent_launch_needs_work_counters():
+    static = workspace()
+    forest = TREES[1]
+    static.load(plan_for(forest))
+    q, k, v = random_qkv(forest, 12, HQ, HKV, D, torch.float32, seed=1)
+    block_m, block_n, small_n, warps, stages = static.tiles
+    with pytest.raises(ValueError, match="work_counters"):
+        launch_partial_attention(q, k, v, static.kv_indices, static.query_order, static.items,
+                                 static.partial_out, static.partial_lse, D ** -0.5, SMALL_M,
+                                 small_n, block_m, block_n, warps, stages,
+                                 num_items_dev=static.num_items, num_programs=3)
 
 
 @pytest.mark.parametrize("caps", [dict(max_queries=3), dict(max_items=2),
