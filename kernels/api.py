@@ -11,8 +11,8 @@ from .tree import build_layout, validate_tree
 def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node, *,
                         num_qo_heads: int, num_kv_heads: int, head_dim: int,
                         device=None, validate: bool = True, num_slots: int | None = None,
-                        kv_elem_bytes: int = 2, config: PlannerConfig | None = None
-                        ) -> TreeAttentionPlan:
+                        kv_elem_bytes: int = 2, config: PlannerConfig | None = None,
+                        tail_slack: int = 0) -> TreeAttentionPlan:
     """Plan DeFT decode attention over a KV forest (once per decode step).
 
     Parameters
@@ -30,12 +30,18 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     num_slots : KV-pool size; when given, slot indices are range-checked.
     kv_elem_bytes : bytes per KV element, for the cost model (2 for fp16/bf16).
     config : planner tuning, :class:`PlannerConfig`.
+    tail_slack : when > 0 and every query sits alone on a leaf with KV (a decode batch's private
+        tails), leave this many free index slots after each tail so that ``plan.extend_tails``
+        can advance the plan to the next decode steps on the device (``plan.tails`` is None
+        when the tree does not qualify).
 
     Returns
     -------
     TreeAttentionPlan with ``run(q, k_cache, v_cache, sm_scale=None)`` and ``stats()``.
     """
     _check_heads(num_qo_heads, num_kv_heads, head_dim)
+    if int(tail_slack) != tail_slack or tail_slack < 0:
+        raise ValueError(f"tail_slack must be a non-negative integer, got {tail_slack!r}")
     if device is None:
         device = (node_kv_indices.device if isinstance(node_kv_indices, torch.Tensor)
                   else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -55,7 +61,7 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     layout = build_layout(*arrays)
     return build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
                       head_dim=head_dim, device=device, config=config or PlannerConfig(),
-                      kv_elem_bytes=kv_elem_bytes)
+                      kv_elem_bytes=kv_elem_bytes, tail_slack=int(tail_slack))
 
 
 def _check_heads(num_qo_heads: int, num_kv_heads: int, head_dim: int) -> None:

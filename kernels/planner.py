@@ -24,6 +24,7 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
+from .tails import TailSlack, tail_spread
 from .tree import TreeLayout
 
 INVARIANT_MERGE_SHAPE = (4, 4)  # (heads, partials) per merge step in batch-invariant mode
@@ -151,7 +152,8 @@ def _chunk_lengths(tokens: np.ndarray, rows: np.ndarray, num_kv_heads: int, num_
 
 
 def _work_items(layout: TreeLayout, seg: _Segments, chunk_len: np.ndarray):
-    """Expand segments into chunks: arrays kv_begin, kv_len, q_begin, q_count, slot_base."""
+    """Expand segments into chunks: (int64 [5, n] kv_begin, kv_len, q_begin, q_count, slot_base;
+    each item's node; whether it is its segment's last chunk)."""
     tokens = layout.node_tokens()[seg.node]
     num_chunks = -(-tokens // chunk_len)
     owner, index = _expand_ranges(num_chunks)
@@ -159,7 +161,8 @@ def _work_items(layout: TreeLayout, seg: _Segments, chunk_len: np.ndarray):
     kv_len = np.minimum(chunk_len[owner], tokens[owner] - index * chunk_len[owner])
     q_begin, q_count = seg.q_begin[owner], seg.q_count[owner]
     slot_base = np.cumsum(q_count) - q_count
-    return kv_begin, kv_len, q_begin, q_count, slot_base
+    items = np.stack([kv_begin, kv_len, q_begin, q_count, slot_base])
+    return items, seg.node[owner], index == num_chunks[owner] - 1
 
 
 def _merge_lists(layout: TreeLayout, q_begin, q_count, slot_base):
@@ -196,6 +199,7 @@ class TreeAttentionPlan:
     merge_shape: tuple
     config: PlannerConfig
     _stats: dict = field(default_factory=dict)
+    tails: TailSlack | None = None     # set when planned with tail slack (see kernels.tails)
     _workspace: dict = field(default_factory=dict)
 
     def stats(self) -> dict:
@@ -209,6 +213,22 @@ class TreeAttentionPlan:
         partial_bytes : bytes of partial results phase 1 writes (phase 2 reads them once).
         """
         return dict(self._stats)
+
+    def extend_tails(self, new_slots: torch.Tensor, kv_indices: torch.Tensor | None = None,
+                     items: torch.Tensor | None = None) -> None:
+        """Advance the plan one decode step: append ``new_slots[b]`` (int [B] on the device, query
+        order) to every query's private tail, with device ops only.
+
+        Needs a plan built with ``tail_slack`` (``plan.tails`` not None) and room left
+        (``plan.tails.room``); ``kv_indices``/``items`` default to the plan's own buffers (pass
+        a workspace's copies to advance those instead).  ``stats()`` keeps describing the plan as
+        built.
+        """
+        if self.tails is None:
+            raise ValueError("the plan was built without tail slack (or its queries are not "
+                             "private tails); plan the step afresh")
+        self.tails.extend(new_slots, self.kv_indices if kv_indices is None else kv_indices,
+                          self.items if items is None else items)
 
     def _partials(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # Partial outputs are normalised (|o| <= max |v|), so the input's 16-bit type holds them
@@ -293,11 +313,11 @@ def _cost_per_token(rows: np.ndarray, block_m: int) -> np.ndarray:
     return 1.0 + _padded_rows(rows, block_m) / 64.0
 
 
-def _upload(layout: TreeLayout, merge_indptr, merge_slots, items, device):
+def _upload(layout: TreeLayout, kv_indices, merge_indptr, merge_slots, items, device):
     """One host-to-device copy for all metadata; slot indices already on the device stay there
     (planning never reads them, so the host need not wait for the GPU that produced them)."""
-    device_indices = isinstance(layout.kv_indices, torch.Tensor)
-    host_indices = [] if device_indices else [layout.kv_indices]
+    device_indices = isinstance(kv_indices, torch.Tensor)
+    host_indices = [] if device_indices else [kv_indices]
     parts = host_indices + [layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
     blob = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
     views, offset = [], 0
@@ -305,7 +325,7 @@ def _upload(layout: TreeLayout, merge_indptr, merge_slots, items, device):
         views.append(blob[offset:offset + part.size])
         offset += part.size
     if device_indices:
-        views.insert(0, layout.kv_indices.to(device=device, dtype=torch.int32).contiguous())
+        views.insert(0, kv_indices.to(device=device, dtype=torch.int32).contiguous())
     return views[0], views[1], views[2], views[3], views[4].view(5, -1)
 
 
@@ -315,9 +335,10 @@ def resolve_block_n(config: PlannerConfig, head_dim: int) -> int:
 
 
 def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
-               device: torch.device, config: PlannerConfig, kv_elem_bytes: int = 2
-               ) -> TreeAttentionPlan:
-    """Plan one decode step over ``layout``; see the module docstring."""
+               device: torch.device, config: PlannerConfig, kv_elem_bytes: int = 2,
+               tail_slack: int = 0) -> TreeAttentionPlan:
+    """Plan one decode step over ``layout``; see the module docstring (and ``kernels.tails``
+    for ``tail_slack``)."""
     group = num_qo_heads // num_kv_heads
     block_n = resolve_block_n(config, head_dim)
     num_sms, l2_bytes = _device_limits(device, config)
@@ -325,15 +346,23 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     seg = _segments(layout, group, config, kv_bytes_per_token, l2_bytes)
     tokens = layout.node_tokens()[seg.node]
     chunk_len = _chunk_lengths(tokens, seg.q_count * group, num_kv_heads, num_sms, block_n, config)
-    items = np.stack(_work_items(layout, seg, chunk_len))
+    items, item_node, item_last = _work_items(layout, seg, chunk_len)
     merge_indptr, merge_slots, partial_counts = _merge_lists(layout, items[2], items[3], items[4])
     block_m = config.block_m
+    spread = tail_spread(layout.parent, layout.kv_indptr, layout.query_node,
+                         layout.node_queries(), tail_slack)
+    kv_source = layout.kv_indices
+    if spread is not None:
+        items[0] += spread.shift[item_node]
+        kv_source = spread.apply(kv_source, device)
     cost = items[1] * _cost_per_token(items[3] * group, block_m)
-    items = items[:, np.argsort(-cost, kind="stable")]  # heaviest first: fewer stragglers
+    order = np.argsort(-cost, kind="stable")  # heaviest first: fewer stragglers
+    items = items[:, order]
     rows = items[3] * group
 
     kv_indices, query_order, d_indptr, d_slots, d_items = _upload(
-        layout, merge_indptr, merge_slots, items, device)
+        layout, kv_source, merge_indptr, merge_slots, items, device)
+    tails = spread.tails(item_node[order], item_last[order], device) if spread else None
 
     num_partials = int(merge_slots.shape[0])
     most_partials = int(partial_counts.max()) if partial_counts.size else 1
@@ -366,4 +395,5 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     needs_large = config.fixed_chunk_tokens or (rows.size and rows.max() > SMALL_M)
     return TreeAttentionPlan(num_qo_heads, num_kv_heads, head_dim, layout.num_queries,
                              num_partials, device, kv_indices, query_order, d_items,
-                             block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n, merge_shape, config, stats)
+                             block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n,
+                             merge_shape, config, stats, tails=tails)

@@ -1,0 +1,112 @@
+"""Tail slack: one decode plan serves the next steps of the same batch, updated on the device.
+
+Between two decode steps of an unchanged batch, every request's private tail (its KV past the
+shared prefix) grows by exactly one token and nothing else moves.  A plan built with
+``tail_slack = S`` leaves ``S`` free index slots after each private tail in its flattened index
+list and remembers, per query, where its next token goes and which work item is its tail's last
+chunk.  :meth:`TailSlack.extend` then advances the plan by one step with three small device ops
+(write the new slots, bump those items' ``kv_len``, bump the positions): no host planning, no
+host-to-device copy.  After ``S`` steps (or when the batch changes) the caller plans afresh.
+
+A plan is extendable when every query sits alone on a leaf node that holds KV (its private tail),
+which is how SGLang decode batches look; otherwise ``tail_slack`` is ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TailSpread:
+    """Where each node's KV moves when every private tail gets ``slack`` free slots after it."""
+
+    slack: int
+    query_node: np.ndarray    # int64 [B]: each query's tail node
+    old_indptr: np.ndarray    # int64 [N+1]
+    new_indptr: np.ndarray    # int64 [N+1]
+
+    @property
+    def shift(self) -> np.ndarray:
+        """int64 [N]: how far each node's first index moves."""
+        return self.new_indptr[:-1] - self.old_indptr[:-1]
+
+    def apply(self, kv_indices, device: torch.device):
+        """The flattened slot list with the free slots inserted (host array or device tensor,
+        like the input; free slots hold 0 until written)."""
+        tokens = np.diff(self.old_indptr)
+        dest = np.repeat(self.shift, tokens) + np.arange(int(self.old_indptr[-1]))
+        if isinstance(kv_indices, torch.Tensor):
+            out = torch.zeros(int(self.new_indptr[-1]), dtype=torch.int32, device=device)
+            where = torch.from_numpy(dest).to(device, non_blocking=True)
+            return out.index_copy_(0, where, kv_indices.to(device=device, dtype=torch.int32))
+        out = np.zeros(int(self.new_indptr[-1]), dtype=np.int64)
+        out[dest] = kv_indices
+        return out
+
+    def tails(self, item_node: np.ndarray, item_last: np.ndarray,
+              device: torch.device) -> "TailSlack":
+        """The device state of the plan's tails; ``item_node``/``item_last`` in final item order."""
+        num_queries = self.query_node.shape[0]
+        query_of_node = np.full(self.old_indptr.shape[0] - 1, -1, dtype=np.int64)
+        query_of_node[self.query_node] = np.arange(num_queries)
+        position = np.nonzero(item_last & (query_of_node[item_node] >= 0))[0]
+        open_items = np.empty(num_queries, dtype=np.int64)
+        open_items[query_of_node[item_node[position]]] = position
+        next_pos = self.new_indptr[self.query_node] + np.diff(self.old_indptr)[self.query_node]
+        on = dict(device=device)
+        return TailSlack(room=self.slack,
+                         next_pos=torch.from_numpy(next_pos).to(**on, non_blocking=True),
+                         open_items=torch.from_numpy(open_items).to(**on, non_blocking=True),
+                         ones=torch.ones(num_queries, dtype=torch.int32, **on))
+
+
+def tail_spread(parent: np.ndarray, kv_indptr: np.ndarray, query_node: np.ndarray,
+                node_queries: np.ndarray, slack: int) -> Optional[TailSpread]:
+    """The spread for ``slack`` free slots per private tail, or None when some query is not
+    alone on a leaf with KV (then the plan is not extendable)."""
+    if slack < 1 or query_node.size == 0:
+        return None
+    tokens = np.diff(kv_indptr)
+    children = np.bincount(parent[parent >= 0], minlength=parent.shape[0])
+    alone = node_queries[query_node] == 1
+    if not (np.all(alone) and np.all(children[query_node] == 0) and np.all(tokens[query_node] > 0)):
+        return None
+    extra = np.zeros(parent.shape[0], dtype=np.int64)
+    extra[query_node] = slack
+    new_indptr = np.concatenate([[0], np.cumsum(tokens + extra)])
+    return TailSpread(slack, query_node.astype(np.int64), kv_indptr.astype(np.int64), new_indptr)
+
+
+@dataclass
+class TailSlack:
+    """Device state to advance an extendable plan one decode step at a time.
+
+    Attributes
+    ----------
+    room : steps the plan can still be advanced.
+    next_pos : int64 [B] flattened index position of each query's next token.
+    open_items : int64 [B] the work item (in the plan's order) holding each tail's last chunk.
+    """
+
+    room: int
+    next_pos: torch.Tensor
+    open_items: torch.Tensor
+    ones: torch.Tensor
+
+    def extend(self, new_slots: torch.Tensor, kv_indices: torch.Tensor,
+               items: torch.Tensor) -> None:
+        """Append ``new_slots[b]`` (int [B], query order) to every query's tail in ``kv_indices``
+        / ``items`` (the plan's own buffers or a workspace's copy of them)."""
+        if self.room < 1:
+            raise ValueError("the plan's tail slack is used up; plan the step afresh")
+        if new_slots.shape != self.next_pos.shape:
+            raise ValueError(f"new_slots must have shape {tuple(self.next_pos.shape)}, "
+                             f"got {tuple(new_slots.shape)}")
+        kv_indices.index_copy_(0, self.next_pos, new_slots.to(torch.int32))
+        items[1].index_add_(0, self.open_items, self.ones)
+        self.next_pos += 1
+        self.room -= 1

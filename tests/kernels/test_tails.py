@@ -1,0 +1,103 @@
+"""Tail slack: a plan advanced on the device equals a fresh plan of the grown tree, step by step."""
+import pytest
+import torch
+
+from deft_sglang.kernels import StaticTreeAttention, plan_tree_attention, tree_attention_reference
+
+from .trees import DEVICE, Forest, make_forest, random_qkv, star
+
+HQ, HKV, D = 8, 2, 32
+
+
+def grow(forest: Forest, new_slots) -> Forest:
+    """``forest`` with ``new_slots[b]`` appended to query b's node."""
+    indices, indptr = list(forest.indices), list(forest.indptr)
+    for b, slot in enumerate(new_slots):
+        node = forest.query_node[b]
+        indices.insert(indptr[node + 1], slot)
+        indptr = indptr[:node + 1] + [x + 1 for x in indptr[node + 1:]]
+    return Forest(forest.parent, indptr, indices, forest.query_node, forest.num_slots)
+
+
+def plan_for(forest, **kwargs):
+    return plan_tree_attention(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                               num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, device=DEVICE,
+                               **kwargs)
+
+
+def reference(forest, q, k, v):
+    return tree_attention_reference(q, k, v, forest.parent, forest.indptr, forest.indices,
+                                    forest.query_node)
+
+
+EXTENDABLE = [
+    star(prefix=300, branches=6, tail=11),
+    # queries listed out of node order, two levels, a 1-token tail
+    make_forest([50, 20, 20, 5, 1, 7], [-1, 0, 0, 1, 1, 2], [5, 3, 4]),
+    make_forest([9, 30, 1], [-1, -1, -1], [2, 0, 1]),  # unshared requests
+]
+
+
+@pytest.mark.parametrize("device_indices", [False, True])
+@pytest.mark.parametrize("forest", EXTENDABLE)
+def test_advanced_plan_equals_the_grown_tree(forest, device_indices):
+    slack, batch = 3, len(forest.query_node)
+    grown = Forest(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                   forest.num_slots + slack * batch)
+    q, k, v = random_qkv(grown, batch, HQ, HKV, D, torch.float32, seed=batch)
+    if device_indices:  # as the SGLang backend plans: slots gathered on the device, unvalidated
+        plan = plan_tree_attention(forest.parent, forest.indptr,
+                                   torch.tensor(forest.indices, device=DEVICE),
+                                   forest.query_node, num_qo_heads=HQ, num_kv_heads=HKV,
+                                   head_dim=D, device=DEVICE, validate=False, tail_slack=slack)
+    else:
+        plan = plan_for(forest, tail_slack=slack)
+    assert plan.tails is not None and plan.tails.room == slack
+    current = forest
+    for step in range(slack):
+        new = [forest.num_slots + step * batch + b for b in range(batch)]
+        plan.extend_tails(torch.tensor(new, device=DEVICE))
+        current = grow(current, new)
+        err = (plan.run(q, k, v) - reference(current, q, k, v)).abs().max().item()
+        assert err < 2e-5, f"step {step}: {err}"
+    with pytest.raises(ValueError, match="used up"):
+        plan.extend_tails(torch.zeros(batch, dtype=torch.int32, device=DEVICE))
+
+
+def test_workspace_copy_is_advanced_in_place():
+    forest, slack = EXTENDABLE[1], 2
+    batch = len(forest.query_node)
+    grown = Forest(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                   forest.num_slots + slack * batch)
+    q, k, v = random_qkv(grown, 8, HQ, HKV, D, torch.float32, seed=3)
+    static = StaticTreeAttention(max_queries=8, max_items=64, max_kv_tokens=1000,
+                                 max_partials=256, num_qo_heads=HQ, num_kv_heads=HKV,
+                                 head_dim=D, dtype=torch.float32, device=DEVICE, num_programs=3)
+    plan = plan_for(forest, tail_slack=slack)
+    static.load(plan)
+    current = forest
+    for step in range(slack):
+        new = [forest.num_slots + step * batch + b for b in range(batch)]
+        plan.extend_tails(torch.tensor(new, device=DEVICE), static.kv_indices, static.items)
+        current = grow(current, new)
+        out = torch.empty_like(q)
+        static.run(q, k, v, out)
+        err = (out[:batch] - reference(current, q[:batch], k, v)).abs().max().item()
+        assert err < 2e-5
+
+
+@pytest.mark.parametrize("forest", [
+    make_forest([40, 5], [-1, 0], [1, 1]),          # two queries on one node
+    make_forest([40, 5], [-1, 0], [0]),             # a query on an interior node
+    make_forest([40, 0], [-1, 0], [1]),             # an empty tail
+])
+def test_other_trees_are_not_extendable(forest):
+    plan = plan_for(forest, tail_slack=4)
+    assert plan.tails is None
+    with pytest.raises(ValueError, match="without tail slack"):
+        plan.extend_tails(torch.zeros(len(forest.query_node), dtype=torch.int32, device=DEVICE))
+
+
+def test_bad_slack():
+    with pytest.raises(ValueError, match="tail_slack"):
+        plan_for(EXTENDABLE[0], tail_slack=-1)
