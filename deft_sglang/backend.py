@@ -29,8 +29,9 @@ from .config import DeftConfig, get_config
 from .graph import DecodeGraphs, create_decode_graphs, pool_geometry, view_chain_forest
 from .kernels import plan_tree_attention
 from .monitor import Monitor, ShadowCheck
+from .reuse import BatchSignature, PlanReuse
 from .support import layer_unsupported_reason, model_unsupported_reason
-from .tree_reader import DecodeForest, chain_forest, host_ints, read_decode_forest
+from .tree_reader import DecodeForest, chain_forest, decode_batch_view, read_decode_forest
 
 
 @dataclass
@@ -40,6 +41,7 @@ class DeftStep:
     plan: object
     forest: DecodeForest
     batch_size: int
+    new_slots: Optional[torch.Tensor] = None  # graph replay: advance the workspace by these
 
 
 def _create_inner(model_runner, name: str) -> AttentionBackend:
@@ -104,6 +106,7 @@ class DeftAttnBackend(AttentionBackend):
         self._graph_uses_inner = False  # some layer of the captured graphs runs the inner kernel
         shadow = ShadowCheck(self.device) if self.config.shadow_check else None
         self.monitor = Monitor(self.config.stats_interval, shadow)
+        self.reuse = PlanReuse()
         if shadow is not None:  # replays then prepare the inner backend's metadata too
             self._graph_uses_inner = True
         self.steps = 0
@@ -157,54 +160,59 @@ class DeftAttnBackend(AttentionBackend):
             self.monitor.shadow.set_rows(step.batch_size)
         self.monitor.step_done()
 
-    def _plan_or_none(self, forward_batch, any_size: bool = False) -> Optional[DeftStep]:
+    def _plan_or_none(self, forward_batch, any_size: bool = False,
+                      graph: bool = False) -> Optional[DeftStep]:
         self.monitor.timer.start()
         try:
-            return self._plan(forward_batch, any_size)
+            return self._plan(forward_batch, any_size, graph)
         except Exception as exc:  # never fail a server step over DeFT: stock decode is exact
+            self.reuse.forget()
             warn_once(f"plan:{type(exc).__name__}", "DeFT: planning a decode step failed (%s: %s); "
                       "such steps decode with the stock %s kernel.", type(exc).__name__, exc,
                       self.inner_name)
             logger.debug("DeFT planning failure", exc_info=True)
             return None
 
-    def _read_forest(self, forward_batch) -> Optional[DecodeForest]:
-        from .patches.forward_batch import ATTR
-
-        info = getattr(forward_batch, ATTR, None)
-        batch_size = forward_batch.batch_size
-        if info is not None and len(info.reqs) != batch_size:
-            return None  # padded or split batch: let the stock backend handle it
-        if forward_batch.seq_lens_cpu is not None:
-            seq_lens = host_ints(forward_batch.seq_lens_cpu[:batch_size])
-        elif info is not None and info.seq_lens is not None:
-            seq_lens = list(info.seq_lens)
-        else:
-            seq_lens = host_ints(forward_batch.seq_lens[:batch_size].cpu())
-        if info is not None and info.req_pool_indices is not None:
-            rows = list(info.req_pool_indices)
-        else:
-            rows = host_ints(forward_batch.req_pool_indices[:batch_size].cpu())
-        if info is None:
-            return chain_forest(rows, seq_lens)
-        return read_decode_forest(info.reqs, rows, seq_lens, info.tree_cache, self.req_to_token,
-                                  verify=self.config.verify_tree)
-
-    def _plan(self, forward_batch, any_size: bool = False) -> Optional[DeftStep]:
+    def _plan(self, forward_batch, any_size: bool = False,
+              graph: bool = False) -> Optional[DeftStep]:
+        """This step's plan: the last one advanced by a token per request when the batch only
+        grew (:mod:`deft_sglang.reuse`), else read from the RadixCache and planned afresh."""
         if forward_batch.batch_size < self.config.min_batch_size and not any_size:
             return None
-        forest = self._read_forest(forward_batch)
-        if forest is None:
-            return None
-        return self._plan_forest(forest, forward_batch.batch_size)
+        from .patches.forward_batch import ATTR
 
-    def _plan_forest(self, forest: DecodeForest, batch_size: int) -> DeftStep:
+        view = decode_batch_view(forward_batch, getattr(forward_batch, ATTR, None))
+        if view is None:
+            return None
+        info, rows, seq_lens = view
+        signature = (BatchSignature.of(info.reqs, rows, seq_lens, graph)
+                     if info is not None and self.config.tail_slack else None)
+        if signature is not None:
+            step = self.reuse.follow(signature)
+            if step is not None:
+                new_slots = forward_batch.out_cache_loc[:forward_batch.batch_size]
+                if graph:  # advanced in the graph workspace, at replay (graph.py)
+                    return DeftStep(step.plan, step.forest, step.batch_size, new_slots)
+                step.plan.extend_tails(new_slots)
+                return step
+        if info is None:
+            forest = chain_forest(rows, seq_lens)
+        else:
+            forest = read_decode_forest(info.reqs, rows, seq_lens, info.tree_cache,
+                                        self.req_to_token, verify=self.config.verify_tree)
+        step = self._plan_forest(forest, forward_batch.batch_size,
+                                 self.config.tail_slack if signature is not None else 0)
+        if signature is not None:
+            self.reuse.remember(signature, step)
+        return step
+
+    def _plan_forest(self, forest: DecodeForest, batch_size: int, tail_slack: int = 0) -> DeftStep:
         num_slots, elem_bytes = pool_geometry(self.token_to_kv_pool)
         plan = plan_tree_attention(
             forest.node_parent, forest.node_kv_indptr, forest.gather_kv_indices(self.req_to_token),
             forest.query_node, num_qo_heads=self.q_heads, num_kv_heads=self.kv_heads,
             head_dim=self.head_dim, device=self.device, validate=self.config.validate_plan,
-            num_slots=num_slots, kv_elem_bytes=elem_bytes)
+            num_slots=num_slots, kv_elem_bytes=elem_bytes, tail_slack=tail_slack)
         self.steps += 1
         self._log_step(plan, forest, batch_size)
         return DeftStep(plan, forest, batch_size)
@@ -306,8 +314,11 @@ class DeftAttnBackend(AttentionBackend):
         with the full batch); False: its plan does not fit, so SGLang runs it eagerly."""
         if self.graphs is None or not forward_batch.forward_mode.is_decode():
             return True  # the captured graph holds the inner kernel, or this is not decode
-        step = self._plan_or_none(forward_batch, any_size=True)
-        return step is not None and self.graphs.offer(forward_batch.out_cache_loc, step)
+        step = self._plan_or_none(forward_batch, any_size=True, graph=True)
+        if step is not None and self.graphs.offer(forward_batch.out_cache_loc, step):
+            return True
+        self.reuse.forget()  # this step runs eagerly: the workspace will not follow the plan
+        return False
 
     def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
         """Before a graph's capture or replay: DeFT's decode graphs load their step's plan."""
@@ -320,8 +331,13 @@ class DeftAttnBackend(AttentionBackend):
             return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=True)
         step = self.graphs.take(forward_batch.out_cache_loc)
         if step is None:  # replay not announced through can_run_graph: read plain chains
+            self.reuse.forget()
             step = self._plan_forest(view_chain_forest(forward_batch), forward_batch.batch_size)
-        self.graphs.workspace.load(step.plan)  # raises if the chain plan does not fit
+        if step.new_slots is not None:  # the same batch one token on: advance the workspace
+            ws = self.graphs.workspace
+            step.plan.extend_tails(step.new_slots, ws.kv_indices, ws.items)
+        else:
+            self.graphs.workspace.load(step.plan)  # raises if the chain plan does not fit
         if self._graph_uses_inner:
             self.inner.init_forward_metadata_out_graph(forward_batch)
         self._step_done(step)

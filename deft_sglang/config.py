@@ -25,6 +25,10 @@ Variable                                Default    Meaning
 ``DEFT_VALIDATE_PLAN``                  ``0``      Validate the forest handed to the planner (host sync).
 ``DEFT_MIN_BATCH_SIZE``                 ``1``      Decode batches smaller than this use the
                                                    stock kernel.
+``DEFT_TAIL_SLACK``                     ``32``     Plans leave this many free slots per request
+                                                   tail, so the next decode steps of an unchanged
+                                                   batch reuse the plan (advanced on the GPU)
+                                                   instead of re-planning; 0: plan every step.
 ``DEFT_SHADOW_CHECK``                   ``0``      Also run the stock kernel on every DeFT decode
                                                    layer and keep the largest difference (slow;
                                                    logged every ``DEFT_STATS_INTERVAL`` steps).
@@ -121,6 +125,8 @@ class DeftConfig:
         Validate the forest arrays in the planner.
     min_batch_size : int
         Smallest decode batch DeFT handles.
+    tail_slack : int
+        Decode steps a plan may be reused for while its batch only grows (0: never).
     shadow_check : bool
         Compare every DeFT decode layer with the stock kernel (debugging, evidence).
     stats_interval : int
@@ -137,6 +143,7 @@ class DeftConfig:
     verify_tree: bool = False
     validate_plan: bool = False
     min_batch_size: int = 1
+    tail_slack: int = 32
     shadow_check: bool = False
     stats_interval: int = 0
     log_level: Optional[str] = None
@@ -168,6 +175,7 @@ class DeftConfig:
             verify_tree=_get_bool(env, "DEFT_VERIFY_TREE", False),
             validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
+            tail_slack=_get_int(env, "DEFT_TAIL_SLACK", 32, 0),
             shadow_check=_get_bool(env, "DEFT_SHADOW_CHECK", False),
             stats_interval=_get_int(env, "DEFT_STATS_INTERVAL", 0, 0),
             log_level=_get_choice(env, "DEFT_LOG_LEVEL", "", LOG_LEVELS) or None,

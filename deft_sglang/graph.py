@@ -47,11 +47,13 @@ class GraphCapacity:
 
 
 def graph_capacity(max_bs: int, num_slots: Optional[int], q_heads: int, head_dim: int,
-                   partial_elem_bytes: int, workspace_mb: int) -> GraphCapacity:
+                   partial_elem_bytes: int, workspace_mb: int, tail_slack: int = 0
+                   ) -> GraphCapacity:
     """Workspace sizes for decode graphs of up to ``max_bs`` requests.
 
     Slot indices: every node of a forest holds distinct KV-pool slots, except requests read as
-    unshared chains (a fallback), which may repeat shared ones; twice the pool covers both.
+    unshared chains (a fallback), which may repeat shared ones; twice the pool covers both, plus
+    ``tail_slack`` free slots per request (plan reuse).
     Partial results get ``workspace_mb`` MiB (each costs ``q_heads * (head_dim * elem + 4)``
     bytes); the planner writes a partial per chunk and query, a few per query in practice.
     """
@@ -59,7 +61,7 @@ def graph_capacity(max_bs: int, num_slots: Optional[int], q_heads: int, head_dim
         raise ValueError(f"max_bs must be >= 1, got {max_bs}")
     per_partial = q_heads * (head_dim * partial_elem_bytes + 4)
     max_partials = max((workspace_mb << 20) // per_partial, 8 * max_bs)
-    max_kv_tokens = 2 * num_slots if num_slots else max_bs * 32768
+    max_kv_tokens = (2 * num_slots if num_slots else max_bs * 32768) + max_bs * tail_slack
     return GraphCapacity(max_queries=max_bs, max_items=MAX_WORK_ITEMS,
                          max_kv_tokens=max_kv_tokens, max_partials=int(max_partials))
 
@@ -81,10 +83,11 @@ class DecodeGraphs:
     @classmethod
     def create(cls, *, max_bs: int, num_slots: Optional[int], q_heads: int, kv_heads: int,
                head_dim: int, dtype: torch.dtype, device, workspace_mb: int,
-               config: Optional[PlannerConfig] = None) -> "DecodeGraphs":
+               config: Optional[PlannerConfig] = None, tail_slack: int = 0) -> "DecodeGraphs":
         """Allocate the workspace for graphs of up to ``max_bs`` requests."""
         elem = 4 if dtype == torch.float32 else 2
-        capacity = graph_capacity(max_bs, num_slots, q_heads, head_dim, elem, workspace_mb)
+        capacity = graph_capacity(max_bs, num_slots, q_heads, head_dim, elem, workspace_mb,
+                                  tail_slack)
         workspace = StaticTreeAttention(**capacity.as_kwargs(), num_qo_heads=q_heads,
                                         num_kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
                                         device=device, config=config)
@@ -146,7 +149,8 @@ def create_decode_graphs(backend, max_bs: int) -> Optional[DecodeGraphs]:
         graphs = DecodeGraphs.create(
             max_bs=max_bs, num_slots=num_slots, q_heads=backend.q_heads,
             kv_heads=backend.kv_heads, head_dim=backend.head_dim, dtype=dtype,
-            device=backend.device, workspace_mb=backend.config.graph_workspace_mb)
+            device=backend.device, workspace_mb=backend.config.graph_workspace_mb,
+            tail_slack=backend.config.tail_slack)
         if getattr(pool, "k_buffer", None):  # compile now: a failure shows before any capture
             graphs.warm_up(pool.k_buffer[0], pool.v_buffer[0])
     except Exception as exc:

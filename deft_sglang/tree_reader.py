@@ -229,3 +229,22 @@ def chain_forest(req_pool_indices: Sequence[int], seq_lens: Sequence[int]) -> De
 def host_ints(values) -> list[int]:
     """Python ints from a host tensor, array or sequence."""
     return [int(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+def decode_batch_view(forward_batch, info) -> Optional[tuple]:
+    """(``info``, pool rows, sequence lengths) of a decode ForwardBatch on the host, or None for
+    a padded or split batch (``info``: its ``DeftBatchInfo`` or None)."""
+    batch_size = forward_batch.batch_size
+    if info is not None and len(info.reqs) != batch_size:
+        return None
+    if forward_batch.seq_lens_cpu is not None:
+        seq_lens = host_ints(forward_batch.seq_lens_cpu[:batch_size])
+    elif info is not None and info.seq_lens is not None:
+        seq_lens = list(info.seq_lens)
+    else:
+        seq_lens = host_ints(forward_batch.seq_lens[:batch_size].cpu())
+    if info is not None and info.req_pool_indices is not None:
+        rows = list(info.req_pool_indices)
+    else:
+        rows = host_ints(forward_batch.req_pool_indices[:batch_size].cpu())
+    return info, rows, seq_lens

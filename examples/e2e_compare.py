@@ -69,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--launches", default="stock,stock_flashinfer,deft,deft_module,deft_engine")
     p.add_argument("--grid", default="1024,8192,16384:16,32,64",
                    help="throughput grid 'prefixes:widths' (256 new tokens each)")
+    p.add_argument("--unshared", type=int, default=256,
+                   help="also time this many unshared ~1k-token prompts x 256 new tokens (0: no)")
     p.add_argument("--extra-server-args", default=DEFAULT_EXTRA,
                    help=f"appended to every launch (default: {DEFAULT_EXTRA!r})")
     p.add_argument("--groups", type=int, default=10)
@@ -140,7 +142,24 @@ def run_throughput(client, args, vocab: int) -> list:
                      "decode_tok_s": round(tokens / wall, 2)})
         print(f"    prefix {prefix_len:>5} x width {width:>3}: {tokens / wall:9.1f} tok/s",
               flush=True)
+    if args.unshared and not args.quick:
+        rows.append(run_unshared(client, args, vocab, rng))
     return rows
+
+
+def run_unshared(client, args, vocab: int, rng: random.Random) -> dict:
+    """Decode speed of requests that share nothing: their prompts are prefilled (and cached)
+    first, so the timed call is decode; each request's cached prompt is its own radix node."""
+    client.flush_cache()
+    prompts = [random_ids(rng, 1024 + rng.randrange(64), vocab) for _ in range(args.unshared)]
+    client.generate(input_ids=prompts, sampling_params={**GREEDY, "max_new_tokens": 1})
+    start = time.perf_counter()
+    out = client.generate(input_ids=prompts, sampling_params={**GREEDY, "max_new_tokens": 256})
+    wall = time.perf_counter() - start
+    tokens = sum(int(o["meta_info"]["completion_tokens"]) for o in out)
+    print(f"    unshared {args.unshared} x ~1k: {tokens / wall:9.1f} tok/s", flush=True)
+    return {"prefix": 1024, "width": args.unshared, "new_tokens": 256, "unshared": True,
+            "tokens": tokens, "wall_s": round(wall, 4), "decode_tok_s": round(tokens / wall, 2)}
 
 
 def free_port() -> int:

@@ -345,3 +345,29 @@ def test_shadow_check_and_step_stats(sim_factory, deft_patches, caplog):
     deft.monitor.shadow.set_rows(3)
     deft.monitor.shadow.compare(torch.zeros(3, 4), torch.full((3, 4), 0.5))
     assert deft.monitor.shadow.summary()["max_abs_diff"] == 0.5
+
+
+@pytest.mark.parametrize("slack", [2, 0])
+def test_plan_reuse_while_the_batch_only_grows(sim_factory, deft_patches, slack):
+    sim = sim_factory()
+    fork(sim, [[1000 + i, 5] for i in range(3)])
+    runner, deft, native, _ = backends(sim, config=DeftConfig(tail_slack=slack))
+    fresh = []
+    for step in range(6):
+        if step == 4:  # a request joins: the batch changes, so the plan is built afresh
+            sim.submit([PROMPT + [9, 9]])
+        sim.decode()
+        fb = forward_batch(sim, runner)
+        before = deft.steps  # counts fresh plans
+        deft.init_forward_metadata(fb)
+        fresh.append(deft.steps > before)
+        for layer_id in range(sim.num_layers):
+            lay = layer(sim, layer_id)
+            q, k, v = qkv(sim, fb.batch_size, seed=40 + 10 * step + layer_id)
+            out = deft.forward_decode(q, k, v, lay, fb).float()
+            torch.testing.assert_close(out, run(native, fb, lay, q, k, v), atol=2e-3, rtol=0)
+        sim.sample()
+    if slack:  # fresh, 2 advances (slack 2), fresh (slack used up), fresh (new request), advance
+        assert fresh == [True, False, False, True, True, False] and deft.reuse.reused == 3
+    else:
+        assert fresh == [True] * 6 and deft.reuse.reused == 0

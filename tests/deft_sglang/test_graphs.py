@@ -74,6 +74,7 @@ def test_replays_match_stock_on_changing_trees(sim_factory, deft_patches):
         assert torch.count_nonzero(out[fb.batch_size:]) == 0  # padding rows
         sim.sample()
     assert deft.graphs.replays == 3 and deft.graphs.refused == 0
+    assert deft.reuse.reused == 1  # step 1 advanced the workspace; step 2 had a new request
 
 
 def test_plan_too_large_for_the_workspace_runs_eagerly(sim_factory, deft_patches):

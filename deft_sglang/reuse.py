@@ -1,0 +1,79 @@
+"""Plan reuse across decode steps: while a batch only grows its tails, advance the last plan.
+
+A decode batch that keeps the same requests, in the same order and pool rows, with every
+sequence one token longer and every request's RadixCache position (``last_node``,
+``prefix_indices``) untouched, attends to the same KV as the step before plus one new token per
+request. The backend then skips reading the tree and planning: the last plan, built with tail
+slack (:mod:`deft_sglang.kernels.tails`), is advanced on the device with the batch's
+``out_cache_loc``. Any other change (a request joins, finishes or is retracted, a prefix is
+re-inserted) or used-up slack means a fresh plan.
+
+Why this is exact: a running request's ``req_to_token`` entries below its previous length never
+change while its RadixCache position is unchanged (SGLang rewrites a row only when it re-inserts
+the request's prefix, which replaces ``last_node``/``prefix_indices``), and the new token's slot is
+``out_cache_loc[b]``, which is where SGLang stores its K/V this step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass
+class BatchSignature:
+    """What must hold still (or grow by one) for a plan to carry over to the next step."""
+
+    reqs: tuple
+    rows: tuple
+    anchors: tuple  # per request: (last_node, prefix_indices) objects, compared by identity
+    seq_lens: np.ndarray
+    graph: bool
+
+    @classmethod
+    def of(cls, reqs, rows, seq_lens, graph: bool) -> "BatchSignature":
+        anchors = tuple((getattr(r, "last_node", None), getattr(r, "prefix_indices", None))
+                        for r in reqs)
+        return cls(tuple(reqs), tuple(rows), anchors, np.asarray(seq_lens, dtype=np.int64), graph)
+
+    def follows(self, previous: "BatchSignature") -> bool:
+        """True when this batch is ``previous`` one decode step later."""
+        return (self.graph == previous.graph and len(self.reqs) == len(previous.reqs)
+                and all(a is b for a, b in zip(self.reqs, previous.reqs))
+                and self.rows == previous.rows
+                and np.array_equal(self.seq_lens, previous.seq_lens + 1)
+                and all(a[0] is b[0] and a[1] is b[1]
+                        for a, b in zip(self.anchors, previous.anchors)))
+
+
+class PlanReuse:
+    """The last fresh step of one backend and the batch it describes now."""
+
+    def __init__(self):
+        self._signature: Optional[BatchSignature] = None
+        self._step: Any = None
+        self.reused = 0
+        self.fresh = 0
+
+    def forget(self) -> None:
+        self._signature, self._step = None, None
+
+    def remember(self, signature: BatchSignature, step: Any) -> None:
+        """Keep ``step`` (its plan built with tail slack) for the batches that follow."""
+        self.fresh += 1
+        if step.plan.tails is None:
+            self.forget()
+            return
+        self._signature, self._step = signature, step
+
+    def follow(self, signature: BatchSignature) -> Optional[Any]:
+        """The kept step when ``signature`` is its batch one step later (with room left), else
+        None (and nothing kept). The caller advances the plan by one token per request."""
+        step, previous = self._step, self._signature
+        if step is None or step.plan.tails.room < 1 or not signature.follows(previous):
+            self.forget()
+            return None
+        self._signature = signature
+        self.reused += 1
+        return step
