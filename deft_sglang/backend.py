@@ -158,7 +158,8 @@ class DeftAttnBackend(AttentionBackend):
     def _step_done(self, step: DeftStep) -> None:
         if self.monitor.shadow is not None:
             self.monitor.shadow.set_rows(step.batch_size)
-        self.monitor.step_done()
+        self.monitor.step_done(lambda: f" ({self.reuse.fresh} fresh plans, {self.reuse.reused} "
+                                       "advanced in place)")
 
     def _plan_or_none(self, forward_batch, any_size: bool = False,
                       graph: bool = False) -> Optional[DeftStep]:
@@ -172,6 +173,8 @@ class DeftAttnBackend(AttentionBackend):
                       self.inner_name)
             logger.debug("DeFT planning failure", exc_info=True)
             return None
+        finally:
+            self.monitor.timer.stop()
 
     def _plan(self, forward_batch, any_size: bool = False,
               graph: bool = False) -> Optional[DeftStep]:
@@ -329,6 +332,7 @@ class DeftAttnBackend(AttentionBackend):
         if in_capture:  # no tree yet: an empty work list (padding rows read nothing)
             self.graphs.workspace.load_empty()
             return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=True)
+        self.monitor.timer.start()
         step = self.graphs.take(forward_batch.out_cache_loc)
         if step is None:  # replay not announced through can_run_graph: read plain chains
             self.reuse.forget()

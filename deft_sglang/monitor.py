@@ -1,7 +1,7 @@
 """Opt-in run-time evidence from a live server: host time per decode step, and a shadow check.
 
-* :class:`StepTimer` keeps the host time the backend spends per decode step (reading the tree,
-  planning, uploading) and, every ``DEFT_STATS_INTERVAL`` steps, logs its distribution.
+* :class:`StepTimer` keeps the host time the backend's own code spends per decode step (reading
+  the tree and planning, or advancing the last plan; loading the graph workspace) and, every ``DEFT_STATS_INTERVAL`` steps, logs its distribution.
 * :class:`ShadowCheck` (``DEFT_SHADOW_CHECK=1``): every DeFT decode layer also runs the stock
   kernel on the same inputs and keeps, on the device, the largest ``|deft - stock|`` and the
   largest ``|stock|`` seen. Both are tensor ops with fixed addresses, so they are captured into
@@ -24,19 +24,26 @@ WINDOW = 4096  # steps kept for the host-time percentiles
 
 
 class StepTimer:
-    """Host seconds per decode step, over the last :data:`WINDOW` steps."""
+    """Host seconds per decode step (the sum of its timed spans), over :data:`WINDOW` steps."""
 
     def __init__(self):
         self.samples: deque = deque(maxlen=WINDOW)
         self._start: Optional[float] = None
+        self._spent = 0.0
 
     def start(self) -> None:
         self._start = time.perf_counter()
 
     def stop(self) -> None:
         if self._start is not None:
-            self.samples.append(time.perf_counter() - self._start)
+            self._spent += time.perf_counter() - self._start
             self._start = None
+
+    def commit(self) -> None:
+        """Close the step: its spans' sum becomes one sample."""
+        self.stop()
+        self.samples.append(self._spent)
+        self._spent = 0.0
 
     def summary(self) -> dict:
         """Percentiles in microseconds (empty when no step was timed)."""
@@ -82,18 +89,19 @@ class Monitor:
         self.shadow = shadow
         self.steps = 0
 
-    def step_done(self) -> None:
-        self.timer.stop()
+    def step_done(self, note=None) -> None:
+        """Count a step; every ``interval`` steps log, with ``note()`` (a str) appended."""
+        self.timer.commit()
         self.steps += 1
         if self.interval and self.steps % self.interval == 0:
-            self.log()
+            self.log(note() if note is not None else "")
 
-    def log(self) -> None:
+    def log(self, note: str = "") -> None:
         host = self.timer.summary()
         if host:
             logger.info("DeFT host time per decode step over the last %d steps: p50 %.0f us, "
-                        "p90 %.0f us, p99 %.0f us, max %.0f us", host["steps"], host["p50_us"],
-                        host["p90_us"], host["p99_us"], host["max_us"])
+                        "p90 %.0f us, p99 %.0f us, max %.0f us%s", host["steps"], host["p50_us"],
+                        host["p90_us"], host["p99_us"], host["max_us"], note)
         if self.shadow is not None:
             check = self.shadow.summary()
             logger.info("DeFT shadow check after %d steps: max |deft - stock| = %.3g "

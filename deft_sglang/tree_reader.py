@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .kernels.tree import host_to_device
+
 _MAX_DEPTH_NODES = 1 << 20
 SUPPORTED_CACHE_TYPES = ("RadixCache", "HiRadixCache")
 
@@ -83,9 +85,7 @@ class DecodeForest:
     def gather_kv_indices(self, req_to_token: torch.Tensor) -> torch.Tensor:
         """Node slots from ``req_to_token`` (on its device, no host sync), int32 [total]."""
         rows, cols = self.kv_positions()
-        flat = torch.from_numpy(rows * req_to_token.stride(0) + cols)
-        if req_to_token.device.type != "cpu":
-            flat = flat.pin_memory().to(req_to_token.device, non_blocking=True)
+        flat = host_to_device(rows * req_to_token.stride(0) + cols, req_to_token.device)
         return req_to_token.reshape(-1).index_select(0, flat).to(torch.int32)
 
     def path_positions(self, b: int) -> list[tuple[int, int, int]]:

@@ -25,7 +25,7 @@ import torch
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
 from .tails import TailSlack, tail_spread
-from .tree import TreeLayout
+from .tree import TreeLayout, host_to_device
 
 INVARIANT_MERGE_SHAPE = (4, 4)  # (heads, partials) per merge step in batch-invariant mode
 SMALL_M = 16  # phase-1 row tile of items with few rows (plain decode, small groups)
@@ -319,7 +319,7 @@ def _upload(layout: TreeLayout, kv_indices, merge_indptr, merge_slots, items, de
     device_indices = isinstance(kv_indices, torch.Tensor)
     host_indices = [] if device_indices else [kv_indices]
     parts = host_indices + [layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
-    blob = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
+    blob = host_to_device(np.concatenate(parts).astype(np.int32), device)
     views, offset = [], 0
     for part in parts:
         views.append(blob[offset:offset + part.size])

@@ -19,6 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .tree import host_to_device
+
 
 @dataclass
 class TailSpread:
@@ -41,7 +43,7 @@ class TailSpread:
         dest = np.repeat(self.shift, tokens) + np.arange(int(self.old_indptr[-1]))
         if isinstance(kv_indices, torch.Tensor):
             out = torch.zeros(int(self.new_indptr[-1]), dtype=torch.int32, device=device)
-            where = torch.from_numpy(dest).to(device, non_blocking=True)
+            where = host_to_device(dest, device)
             return out.index_copy_(0, where, kv_indices.to(device=device, dtype=torch.int32))
         out = np.zeros(int(self.new_indptr[-1]), dtype=np.int64)
         out[dest] = kv_indices
@@ -59,8 +61,8 @@ class TailSpread:
         next_pos = self.new_indptr[self.query_node] + np.diff(self.old_indptr)[self.query_node]
         on = dict(device=device)
         return TailSlack(room=self.slack,
-                         next_pos=torch.from_numpy(next_pos).to(**on, non_blocking=True),
-                         open_items=torch.from_numpy(open_items).to(**on, non_blocking=True),
+                         next_pos=host_to_device(next_pos, device),
+                         open_items=host_to_device(open_items, device),
                          ones=torch.ones(num_queries, dtype=torch.int32, **on))
 
 

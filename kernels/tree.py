@@ -150,3 +150,15 @@ def build_layout(parent, kv_indptr, kv_indices, query_node) -> TreeLayout:
     query_begin[count == 0] = 0
     return TreeLayout(parent, kv_indptr, kv_indices, query_node, query_order.astype(np.int64),
                       query_begin, query_begin + count)
+
+
+def host_to_device(array: np.ndarray, device) -> torch.Tensor:
+    """Copy a host array to ``device`` without waiting for the device.
+
+    A copy from pageable memory makes CUDA wait for all work queued on the stream first (the
+    previous decode step's forward, under SGLang's overlap scheduling); a pinned staging copy
+    does not."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
