@@ -15,10 +15,18 @@ the request's prefix, which replaces ``last_node``/``prefix_indices``), and the 
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+
+_LAST_NODE = operator.attrgetter("last_node")
+_PREFIX = operator.attrgetter("prefix_indices")
+
+
+def _same_objects(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 @dataclass
@@ -27,24 +35,24 @@ class BatchSignature:
 
     reqs: tuple
     rows: tuple
-    anchors: tuple  # per request: (last_node, prefix_indices) objects, compared by identity
+    last_nodes: tuple  # compared by identity (C-level loops: this runs every decode step)
+    prefixes: tuple
     seq_lens: np.ndarray
     graph: bool
 
     @classmethod
     def of(cls, reqs, rows, seq_lens, graph: bool) -> "BatchSignature":
-        anchors = tuple((getattr(r, "last_node", None), getattr(r, "prefix_indices", None))
-                        for r in reqs)
-        return cls(tuple(reqs), tuple(rows), anchors, np.asarray(seq_lens, dtype=np.int64), graph)
+        reqs = tuple(reqs)
+        return cls(reqs, tuple(rows), tuple(map(_LAST_NODE, reqs)), tuple(map(_PREFIX, reqs)),
+                   np.asarray(seq_lens, dtype=np.int64), graph)
 
     def follows(self, previous: "BatchSignature") -> bool:
         """True when this batch is ``previous`` one decode step later."""
-        return (self.graph == previous.graph and len(self.reqs) == len(previous.reqs)
-                and all(a is b for a, b in zip(self.reqs, previous.reqs))
+        return (self.graph == previous.graph and _same_objects(self.reqs, previous.reqs)
                 and self.rows == previous.rows
                 and np.array_equal(self.seq_lens, previous.seq_lens + 1)
-                and all(a[0] is b[0] and a[1] is b[1]
-                        for a, b in zip(self.anchors, previous.anchors)))
+                and _same_objects(self.last_nodes, previous.last_nodes)
+                and _same_objects(self.prefixes, previous.prefixes))
 
 
 class PlanReuse:

@@ -227,8 +227,10 @@ def chain_forest(req_pool_indices: Sequence[int], seq_lens: Sequence[int]) -> De
 
 
 def host_ints(values) -> list[int]:
-    """Python ints from a host tensor, array or sequence."""
-    return [int(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
+    """Python ints from a host integer tensor, array or sequence."""
+    if hasattr(values, "tolist"):
+        return values.tolist()  # an integer tensor or array lists Python ints
+    return [int(x) for x in values]
 
 
 def decode_batch_view(forward_batch, info) -> Optional[tuple]:

@@ -43,7 +43,7 @@ class DeftBatchInfo:
 def _host_list(tensor) -> Optional[tuple]:
     if tensor is None or getattr(tensor, "device", None) is None or tensor.device.type != "cpu":
         return None
-    return tuple(int(x) for x in tensor.tolist())
+    return tuple(tensor.tolist())  # an integer tensor lists Python ints
 
 
 def capture(batch) -> DeftBatchInfo:
