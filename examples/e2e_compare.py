@@ -8,7 +8,9 @@ started on ``--model-path`` with ``--load-format dummy``, then:
   in one batch), greedy, ``return_logprob`` with ``top_logprobs_num=2``; every DeFT launch is
   compared with ``stock`` (see ``_e2e_metrics``);
 * throughput: prefix ~1k / 8k / 16k x width 16 / 32 / 64 x 256 new tokens (``ignore_eos``),
-  decode tokens per second of the branch batch (prefix cached first).
+  decode tokens per second of the branch batch (prefix cached first), its latency and time per
+  output token; also parallel sampling (one ~1k prompt, ``n = 32``) and unshared traffic
+  (256 ~1k prompts, cached first, then 256 new tokens each).
 
 Launches (decode CUDA graphs on, SGLang's default, unless said): ``stock`` (``--attention-backend
 triton``), ``stock_flashinfer`` (``--attention-backend flashinfer``), ``deft`` (``python -m
@@ -69,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--launches", default="stock,stock_flashinfer,deft,deft_module,deft_engine")
     p.add_argument("--grid", default="1024,8192,16384:16,32,64",
                    help="throughput grid 'prefixes:widths' (256 new tokens each)")
+    p.add_argument("--parallel-n", type=int, default=32,
+                   help="also time one ~1k-token prompt sampled n times (0: no)")
     p.add_argument("--unshared", type=int, default=256,
                    help="also time this many unshared ~1k-token prompts x 256 new tokens (0: no)")
     p.add_argument("--extra-server-args", default=DEFAULT_EXTRA,
@@ -121,6 +125,21 @@ def run_correctness(client, args, vocab: int) -> list:
     return [Generation.from_result(r) for r in results]
 
 
+def timed_row(client, kind: str, prompts: list, sampling: dict, **fields) -> dict:
+    """Run one batch and time it: decode tokens/s, end-to-end latency and time per output
+    token (the batch decodes in lockstep, so latency / new tokens)."""
+    start = time.perf_counter()
+    out = client.generate(input_ids=prompts, sampling_params=sampling)
+    wall = time.perf_counter() - start
+    tokens = sum(int(o["meta_info"]["completion_tokens"]) for o in out)
+    row = {"kind": kind, **fields, "new_tokens": sampling["max_new_tokens"], "tokens": tokens,
+           "wall_s": round(wall, 4), "decode_tok_s": round(tokens / wall, 2),
+           "tpot_ms": round(1000 * wall / sampling["max_new_tokens"], 3)}
+    print(f"    {kind:<9} prefix {row.get('prefix', 0):>5} x width {row.get('width', 0):>3}: "
+          f"{row['decode_tok_s']:9.1f} tok/s, TPOT {row['tpot_ms']:.2f} ms", flush=True)
+    return row
+
+
 def run_throughput(client, args, vocab: int) -> list:
     rng = random.Random(args.seed + 1)
     warm = random_ids(rng, 64, vocab)
@@ -131,17 +150,15 @@ def run_throughput(client, args, vocab: int) -> list:
         client.flush_cache()
         prefix = random_ids(rng, prefix_len, vocab)
         client.generate(input_ids=[prefix], sampling_params={**GREEDY, "max_new_tokens": 1})
-        branches = [prefix + [3 + i] for i in range(width)]
-        start = time.perf_counter()
-        out = client.generate(input_ids=branches,
-                              sampling_params={**GREEDY, "max_new_tokens": new_tokens})
-        wall = time.perf_counter() - start
-        tokens = sum(int(o["meta_info"]["completion_tokens"]) for o in out)
-        rows.append({"prefix": prefix_len, "width": width, "new_tokens": new_tokens,
-                     "tokens": tokens, "wall_s": round(wall, 4),
-                     "decode_tok_s": round(tokens / wall, 2)})
-        print(f"    prefix {prefix_len:>5} x width {width:>3}: {tokens / wall:9.1f} tok/s",
-              flush=True)
+        rows.append(timed_row(client, "fork", [prefix + [3 + i] for i in range(width)],
+                              {**GREEDY, "max_new_tokens": new_tokens},
+                              prefix=prefix_len, width=width))
+    if args.parallel_n and not args.quick:
+        client.flush_cache()
+        prompt = random_ids(rng, 1024, vocab)
+        rows.append(timed_row(client, "n-sample", [prompt],
+                              {"temperature": 0.8, "ignore_eos": True, "max_new_tokens": 256,
+                               "n": args.parallel_n}, prefix=1024, width=args.parallel_n))
     if args.unshared and not args.quick:
         rows.append(run_unshared(client, args, vocab, rng))
     return rows
@@ -153,13 +170,10 @@ def run_unshared(client, args, vocab: int, rng: random.Random) -> dict:
     client.flush_cache()
     prompts = [random_ids(rng, 1024 + rng.randrange(64), vocab) for _ in range(args.unshared)]
     client.generate(input_ids=prompts, sampling_params={**GREEDY, "max_new_tokens": 1})
-    start = time.perf_counter()
-    out = client.generate(input_ids=prompts, sampling_params={**GREEDY, "max_new_tokens": 256})
-    wall = time.perf_counter() - start
-    tokens = sum(int(o["meta_info"]["completion_tokens"]) for o in out)
-    print(f"    unshared {args.unshared} x ~1k: {tokens / wall:9.1f} tok/s", flush=True)
-    return {"prefix": 1024, "width": args.unshared, "new_tokens": 256, "unshared": True,
-            "tokens": tokens, "wall_s": round(wall, 4), "decode_tok_s": round(tokens / wall, 2)}
+    row = timed_row(client, "unshared", prompts, {**GREEDY, "max_new_tokens": 256},
+                    prefix=1024, width=args.unshared)
+    row["unshared"] = True
+    return row
 
 
 def free_port() -> int:

@@ -21,6 +21,9 @@ def test_parsing():
     assert cfg.cuda_graph == "fallback" and cfg.min_batch_size == 4
     assert DeftConfig.from_env({"DEFT_CUDA_GRAPH": "disable"}).cuda_graph == "disable"
     assert DeftConfig.from_env({"DEFT_GRAPH_WORKSPACE_MB": "64"}).graph_workspace_mb == 64
+    more = DeftConfig.from_env({"DEFT_TAIL_SLACK": "0", "DEFT_SHADOW_CHECK": "yes",
+                                "DEFT_STATS_INTERVAL": "100"})
+    assert (more.tail_slack, more.shadow_check, more.stats_interval) == (0, True, 100)
     assert cfg.fallback_backend == "flashinfer"
     assert DeftConfig.from_env({"DEFT_LOG_LEVEL": "DEBUG"}).log_level == "debug"
 
@@ -35,6 +38,9 @@ def test_parsing():
     ({"DEFT_ALLOW_UNSUPPORTED_SGLANG": "2"}, "DEFT_ALLOW_UNSUPPORTED_SGLANG"),
     ({"DEFT_LOG_LEVEL": "loud"}, "DEFT_LOG_LEVEL"),
     ({"DEFT_GRAPH_WORKSPACE_MB": "8"}, "DEFT_GRAPH_WORKSPACE_MB"),
+    ({"DEFT_TAIL_SLACK": "-1"}, "DEFT_TAIL_SLACK"),
+    ({"DEFT_STATS_INTERVAL": "often"}, "DEFT_STATS_INTERVAL"),
+    ({"DEFT_SHADOW_CHECK": "2"}, "DEFT_SHADOW_CHECK"),
 ])
 def test_invalid_values_name_the_variable(env, name):
     with pytest.raises(ValueError, match=name):

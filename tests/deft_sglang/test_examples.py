@@ -169,3 +169,15 @@ def test_e2e_scans_server_logs_for_deft_lines():
     assert found["deft_active_logged"] and not found["deft_graphs_logged"]
     assert found["shadow_check_line"].startswith("DeFT shadow check after 40 steps")
     assert found["host_time_line"] is None
+
+
+def test_e2e_throughput_rows_cover_fork_parallel_and_unshared(server):
+    e2e = importlib.import_module("e2e_compare")
+    common = importlib.import_module("_common")
+    args = e2e.parse_args(["--model-path", "m", "--out", "o", "--grid", "64,128:2,3",
+                           "--parallel-n", "4", "--unshared", "3"])
+    rows = e2e.run_throughput(common.HTTPClient(server), args, vocab=1000)
+    assert [r["kind"] for r in rows] == ["fork"] * 4 + ["n-sample", "unshared"]
+    assert [(r["prefix"], r["width"]) for r in rows[:4]] == [(64, 2), (64, 3), (128, 2), (128, 3)]
+    assert rows[4]["tokens"] == 4 * 256 and rows[5]["tokens"] == 3 * 256
+    assert all(r["tpot_ms"] > 0 and r["decode_tok_s"] > 0 for r in rows)
