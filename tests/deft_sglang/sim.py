@@ -80,6 +80,7 @@ class SimScheduler:
     max_context: int = 1024
     dtype: torch.dtype = torch.float16
     num_layers: int = 2
+    tp_size: int = 1  # attention heads of one tensor-parallel rank (as SGLang splits them)
     seed: int = 0
     running: Optional[object] = None
     _rid: itertools.count = field(default_factory=itertools.count)
@@ -95,8 +96,8 @@ class SimScheduler:
 
         self.server_args = publish_server_args(self.page_size)
         self.model_config = ModelConfig.from_server_args(self.server_args)
-        self.kv_heads = self.model_config.get_num_kv_heads(1)
-        self.q_heads = self.model_config.get_max_num_attention_heads()
+        self.kv_heads = self.model_config.get_num_kv_heads(self.tp_size)
+        self.q_heads = self.model_config.get_max_num_attention_heads() // self.tp_size
         self.head_dim = self.model_config.head_dim
         self.gen = torch.Generator().manual_seed(self.seed)
         self.req_to_token_pool = ReqToTokenPool(size=self.max_reqs, max_context_len=self.max_context,

@@ -371,3 +371,31 @@ def test_plan_reuse_while_the_batch_only_grows(sim_factory, deft_patches, slack)
         assert fresh == [True, False, False, True, True, False] and deft.reuse.reused == 3
     else:
         assert fresh == [True] * 6 and deft.reuse.reused == 0
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tensor_parallel_rank_decodes_its_own_heads(sim_factory, deft_patches, tp):
+    """Under ``--tp N`` each rank's backend sees Hq/N query heads and max(1, Hkv/N) KV heads
+    (KV heads replicated when N > Hkv); DeFT must plan and decode with exactly those."""
+    from sglang.srt.runtime_context import get_parallel
+
+    from .conftest import PARALLEL_ONE
+
+    rank = dict(PARALLEL_ONE, world_size=tp, tp_size=tp, tp_rank=tp - 1, attn_tp_size=tp,
+                attn_tp_rank=tp - 1)
+    with get_parallel().override(**rank):
+        sim = sim_factory(tp_size=tp)
+        fork(sim, [[1000 + i, 5] for i in range(3)])
+        runner, deft, native, triton = backends(sim)
+        assert (deft.q_heads, deft.kv_heads) == (4 // tp, max(1, 2 // tp))
+        assert (deft.q_heads, deft.kv_heads) == (sim.q_heads, sim.kv_heads)
+        for step in range(2):
+            sim.decode()
+            fb = forward_batch(sim, runner)
+            lay = layer(sim)
+            q, k, v = qkv(sim, fb.batch_size, seed=70 + step)
+            out = run(deft, fb, lay, q, k, v)
+            assert deft._step is not None and deft._step.plan.num_qo_heads == 4 // tp
+            torch.testing.assert_close(out, run(native, fb, lay, q, k, v), atol=2e-3, rtol=0)
+            torch.testing.assert_close(out, run(triton, fb, lay, q, k, v), atol=2e-3, rtol=0)
+            sim.sample()
