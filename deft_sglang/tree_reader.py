@@ -100,7 +100,7 @@ class DecodeForest:
 class _Builder:
     def __init__(self):
         self.parent, self.row, self.start, self.length = [], [], [], []
-        self.index_of: dict[int, int] = {}
+        self.added: dict[int, tuple[int, int]] = {}  # id(tree node) -> (index, end depth)
         self.num_tree_nodes = 0
 
     def add(self, parent: int, row: int, start: int, length: int) -> int:
@@ -110,16 +110,16 @@ class _Builder:
         self.length.append(length)
         return len(self.parent) - 1
 
-    def add_path(self, row: int, path) -> int:
-        """Add the not-yet-seen nodes of ``path``; return the index of its last node (or -1)."""
-        parent = -1
+    def add_path(self, row: int, parent: int, path) -> int:
+        """Add the not-yet-seen nodes of ``path`` (below node ``parent``, -1 for the root);
+        return the index of its last node (``parent`` for an empty path)."""
         for node, start, end in path:
-            idx = self.index_of.get(id(node))
-            if idx is None:
-                idx = self.add(parent, row, start, end - start)
-                self.index_of[id(node)] = idx
+            hit = self.added.get(id(node))
+            if hit is None:
+                hit = (self.add(parent, row, start, end - start), end)
+                self.added[id(node)] = hit
                 self.num_tree_nodes += 1
-            parent = idx
+            parent = hit[0]
         return parent
 
     def finish(self, query_node, fallbacks) -> DecodeForest:
@@ -145,30 +145,40 @@ def tree_cache_supported(tree_cache) -> bool:
                for cls in (type(tree_cache),))
 
 
-def _radix_path(req, row: int, seq_len: int, root) -> tuple[list, Optional[str]]:
-    """Path [(node, start, end)] root-first of ``req``'s cached prefix, or a fallback reason."""
+def _radix_path(req, row: int, seq_len: int, root, known: dict):
+    """(anchor, path, reason) for ``req``'s cached prefix, or a fallback reason.
+
+    ``path`` lists the nodes root-first as ``(node, start, end)`` below ``anchor``, the
+    ``(index, end depth)`` of the deepest ancestor found in ``known`` (``(-1, 0)``: the root).
+    Shared nodes are walked once per batch, not once per request (``known`` holds the nodes
+    already read); depths come from the tree, so they are the same for every request.
+    """
     if getattr(req, "req_pool_idx", None) != row:
-        return [], "pool row differs from the batch's"
+        return None, [], "pool row differs from the batch's"
     finished = getattr(req, "finished", None)
     if callable(finished) and finished():
-        return [], "finished request"
-    node = getattr(req, "last_node", None)
-    nodes = []
+        return None, [], "finished request"
+    node, nodes, anchor = getattr(req, "last_node", None), [], (-1, 0)
     while node is not root:
+        hit = known.get(id(node))
+        if hit is not None:
+            anchor = hit
+            break
         if node is None or node.value is None or len(nodes) > _MAX_DEPTH_NODES:
-            return [], "node detached from the tree or evicted"
+            return None, [], "node detached from the tree or evicted"
         nodes.append(node)
         node = node.parent
-    path, depth = [], 0
+    path, depth = [], anchor[1]
     for node in reversed(nodes):
-        path.append((node, depth, depth + len(node.value)))
-        depth += len(node.value)
+        end = depth + int(node.value.shape[0])
+        path.append((node, depth, end))
+        depth = end
     if depth > seq_len - 1:
-        return [], "cached prefix not shorter than the sequence"
+        return None, [], "cached prefix not shorter than the sequence"
     prefix = getattr(req, "prefix_indices", None)
-    if prefix is not None and depth > len(prefix):
-        return [], "tree prefix longer than the request's prefix"
-    return path, None
+    if prefix is not None and depth > prefix.shape[0]:
+        return None, [], "tree prefix longer than the request's prefix"
+    return anchor, path, None
 
 
 def _path_matches_row(path, row: int, req_to_token: torch.Tensor) -> bool:
@@ -205,18 +215,19 @@ def read_decode_forest(reqs: Sequence, req_pool_indices: Sequence[int], seq_lens
     root = tree_cache.root_node if tree_cache_supported(tree_cache) else None
     builder, query_node, fallbacks = _Builder(), [], {}
     for req, row, seq_len in zip(reqs, rows, lens):
-        if root is None or req is None:
-            path, reason = [], None
-        else:
-            path, reason = _radix_path(req, row, seq_len, root)
+        anchor, path, reason = (-1, 0), [], None
+        if root is not None and req is not None:
+            # verify checks every node against this request's row: walk whole paths then
+            anchor, path, reason = _radix_path(req, row, seq_len, root,
+                                               {} if verify else builder.added)
             if reason is None and verify and path and req_to_token is not None \
                     and not _path_matches_row(path, row, req_to_token):
                 reason = "node value differs from req_to_token"
         if reason is not None:
             fallbacks[reason] = fallbacks.get(reason, 0) + 1
-            path = []
-        parent = builder.add_path(row, path)
-        depth = path[-1][2] if path else 0
+            anchor, path = (-1, 0), []
+        parent = builder.add_path(row, anchor[0], path)
+        depth = path[-1][2] if path else anchor[1]
         query_node.append(builder.add(parent, row, depth, seq_len - depth))
     return builder.finish(query_node, fallbacks)
 
