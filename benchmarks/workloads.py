@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tot_trees.json")
+SPEC_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "spec_trees.json")
 TOT_FILES = ["docmergeToT", "keywordToT", "set128ToT", "sorting128ToT"]
 
 
@@ -144,6 +145,21 @@ def three_level_tree(prompt: int, b1: int, t1: int, b2: int, t2: int) -> Tree:
     return Tree(parent, tokens, queries)
 
 
+def spec_tree(prompt: int, choices) -> Tree:
+    """Tree verification: a ``prompt``-token prefix, then a one-token node per token of the
+    draft tree given by Medusa ``choices``; every draft token is a query at its own node."""
+    from harness import import_deft  # the kernels package, installed or from the source tree
+
+    _, token_parent = import_deft().token_tree_parents(choices)
+    parent = [-1] + [p + 1 if p >= 0 else 0 for p in token_parent]
+    return Tree(parent, [prompt] + [1] * len(token_parent), list(range(1, len(parent))))
+
+
+def load_spec_trees() -> dict:
+    with open(SPEC_DATA) as f:
+        return json.load(f)["tree_structure_by_size"]
+
+
 def unshared_tree(lengths) -> Tree:
     return Tree([-1] * len(lengths), [int(x) for x in lengths], list(range(len(lengths))))
 
@@ -237,8 +253,11 @@ def full_workloads(quick: bool = False) -> list[Workload]:
                              meta=dict(branches=b, gen=g)))
     add(Workload("tree3-1600x16x16", "tree3", three_level_tree(1600, 16, 200, 16, 50),
                  meta=dict(note="3-level tree, 256 queries (also the planning target)")))
+    spec = load_spec_trees()
     for t in ((128,) if quick else (32, 64, 128, 256)):
         add(Workload(f"spec-star-t{t}", "spec-star", fanout_tree(1016, t, 1), meta=dict(t=t)))
+        add(Workload(f"spec-medusa-t{t}", "spec-tree", spec_tree(1016, spec[str(t)]),
+                     meta=dict(t=t, note="Medusa token tree (DeFT traces), verify attention")))
     W += _tot_workloads(tot, 1 if quick else 3, (0.5,) if quick else (0.2, 0.5, 0.8))
     for fname in (["set128ToT"] if quick else TOT_FILES):
         add(_tot_batch(tot, fname, 6, 0.5))
@@ -262,6 +281,8 @@ def smoke_workloads() -> list[Workload]:
                   meta=dict(branches=5, gen=8)),
          Workload("spec-star-t6", "spec-star", fanout_tree(40, 6, 1), heads=small),
          Workload("tree3-24x3x2", "tree3", three_level_tree(24, 3, 5, 2, 3), heads=small),
+         Workload("spec-medusa-t32", "spec-tree", spec_tree(40, load_spec_trees()["32"]),
+                  heads=small),
          Workload("unshared-4x50", "unshared", unshared_tree([50, 17, 33, 64]), heads=small),
          # fp16: the Triton interpreter cannot run SGLang's kernel in bf16 (DeFT it can)
          Workload("fewshot-fp16-mqa", "heads", fanout_tree(48, 3, 6),
