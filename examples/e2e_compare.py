@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--launches", default="stock,stock_flashinfer,deft,deft_module,deft_engine")
     p.add_argument("--grid", default="1024,8192,16384:16,32,64",
                    help="throughput grid 'prefixes:widths' (256 new tokens each)")
+    p.add_argument("--examples", action="store_true",
+                   help="also run every example program against each server launch")
     p.add_argument("--parallel-n", type=int, default=32,
                    help="also time one ~1k-token prompt sampled n times (0: no)")
     p.add_argument("--unshared", type=int, default=256,
@@ -249,13 +251,40 @@ def with_client(name: str, args):
     except Exception:
         stop(proc)
         raise
-    record = {"command": shlex.join(cmd), "log": log_path, "env": LAUNCH_ENV.get(name, {})}
+    record = {"command": shlex.join(cmd), "log": log_path, "env": LAUNCH_ENV.get(name, {}),
+              "url": url}
 
     def cleanup():
         stop(proc)
         with open(log_path) as f:
             record.update(scan_log(f.read()))
     return HTTPClient(url, timeout=3600), record, cleanup
+
+
+EXAMPLE_PROGRAMS = (
+    ("tree_of_thought", ["--dsl", "--depth", "2", "--breadth", "3"]),
+    ("tree_of_thought", ["--depth", "3", "--breadth", "4"]),
+    ("few_shot_fanout", ["--width", "16"]),
+    ("best_of_n", ["--n", "8"]),
+    ("parallel_sampling", ["--n", "8", "--prompts", "2"]),
+)
+
+
+def run_examples(url: str, out_dir: str, name: str) -> list:
+    """Each example program against the server at ``url``: exit status, wall time, log."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    results = []
+    for i, (module, extra) in enumerate(EXAMPLE_PROGRAMS):
+        log_path = os.path.join(out_dir, f"example_{name}_{i}_{module}.log")
+        cmd = [sys.executable, os.path.join(here, f"{module}.py"), "--url", url,
+               "--max-new-tokens", "32", *extra]
+        start = time.perf_counter()
+        with open(log_path, "w") as log:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=900).returncode
+        results.append({"example": module, "args": extra, "returncode": code,
+                        "wall_s": round(time.perf_counter() - start, 2), "log": log_path})
+        print(f"    example {module} {' '.join(extra)}: exit {code}", flush=True)
+    return results
 
 
 def scan_log(text: str) -> dict:
@@ -279,6 +308,8 @@ def run_launch(name: str, args, vocab: int) -> tuple[dict, list]:
             print(f"    correctness: {len(outputs)} requests", flush=True)
         if name in THROUGHPUT_LAUNCHES:
             record["throughput"] = run_throughput(client, args, vocab)
+        if args.examples and record.get("url"):
+            record["examples"] = run_examples(record["url"], args.out, name)
     finally:
         cleanup()
     with open(os.path.join(args.out, f"outputs_{name}.json"), "w") as f:
@@ -331,6 +362,8 @@ def main(argv=None) -> int:
     _write(args, report)
     ok = all(c["pass_token_equality_99"] and c["pass_divergences_are_noise"]
              for c in report["comparisons"].values())
+    ok = ok and all(e["returncode"] == 0 for launch in report["launches"].values()
+                    for e in launch.get("examples", []))
     print(f"wrote {os.path.join(args.out, 'e2e.json')}; {'PASS' if ok else 'CHECK'}")
     return 0 if ok and report["comparisons"] else 1
 

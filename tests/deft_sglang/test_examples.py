@@ -181,3 +181,10 @@ def test_e2e_throughput_rows_cover_fork_parallel_and_unshared(server):
     assert [(r["prefix"], r["width"]) for r in rows[:4]] == [(64, 2), (64, 3), (128, 2), (128, 3)]
     assert rows[4]["tokens"] == 4 * 256 and rows[5]["tokens"] == 3 * 256
     assert all(r["tpot_ms"] > 0 and r["decode_tok_s"] > 0 for r in rows)
+
+
+def test_e2e_runs_every_example_against_a_server(server, tmp_path):
+    e2e = importlib.import_module("e2e_compare")
+    results = e2e.run_examples(server, str(tmp_path), "deft")
+    assert [r["example"] for r in results] == [m for m, _ in e2e.EXAMPLE_PROGRAMS]
+    assert all(r["returncode"] == 0 for r in results), [open(r["log"]).read() for r in results]
