@@ -101,3 +101,47 @@ def test_other_trees_are_not_extendable(forest):
 def test_bad_slack():
     with pytest.raises(ValueError, match="tail_slack"):
         plan_for(EXTENDABLE[0], tail_slack=-1)
+
+
+def private_tail_forest(rng):
+    """A random radix-like forest whose every query sits alone on its own leaf (a decode batch)."""
+    num_shared = rng.randint(1, 6)
+    parents = [-1] + [rng.choice([-1] + list(range(n))) if rng.random() < 0.2 else rng.randrange(n)
+                      for n in range(1, num_shared)]
+    tokens = [rng.choice([0, 1, rng.randint(1, 60)]) for _ in range(num_shared)]
+    queries = rng.randint(1, 9)
+    query_node = []
+    for _ in range(queries):  # a private tail (>= 1 token) below a random shared node, or a root
+        parents.append(rng.choice([-1] + list(range(num_shared))))
+        tokens.append(rng.randint(1, 20))
+        query_node.append(len(parents) - 1)
+    rng.shuffle(query_node)
+    return make_forest(tokens, parents, query_node, seed=rng.randrange(1 << 30), spare_slots=0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_decode_batches_advance_exactly(seed):
+    import random
+
+    rng = random.Random(seed)
+    forest = private_tail_forest(rng)
+    slack, batch = rng.randint(1, 4), len(forest.query_node)
+    steps = rng.randint(1, slack)
+    grown = Forest(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                   forest.num_slots + steps * batch)
+    q, k, v = random_qkv(grown, batch, HQ, HKV, D, torch.float32, seed=seed)
+    plan = plan_for(forest, tail_slack=slack)
+    assert plan.tails is not None
+    current = forest
+    for step in range(steps):
+        new = [forest.num_slots + step * batch + b for b in range(batch)]
+        plan.extend_tails(torch.tensor(new, device=DEVICE))
+        current = grow(current, new)
+    err = (plan.run(q, k, v) - reference(current, q, k, v)).abs().max().item()
+    assert err < 2e-5
+
+
+def test_extend_checks_the_slot_count():
+    plan = plan_for(EXTENDABLE[0], tail_slack=2)
+    with pytest.raises(ValueError, match="new_slots must have shape"):
+        plan.extend_tails(torch.zeros(3, dtype=torch.int32, device=DEVICE))
