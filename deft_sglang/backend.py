@@ -6,8 +6,9 @@
   prefill to ``X`` itself.
 * Decode: ``init_forward_metadata`` reads the batch's KV forest from the RadixCache
   (:mod:`deft_sglang.tree_reader`, requests carried by the ``forward_batch`` patch) and plans
-  once; ``forward_decode`` saves the new token's K/V (as the stock backends do) and runs the plan
-  on the layer's K/V buffers.
+  once, or, while the batch only grows by a token per request, advances the last plan on the
+  device (:mod:`deft_sglang.reuse`); ``forward_decode`` saves the new token's K/V (as the stock
+  backends do) and runs the plan on the layer's K/V buffers.
 * CUDA graphs (``DEFT_CUDA_GRAPH=on``, the default): decode graphs run DeFT through a fixed
   workspace (:mod:`deft_sglang.graph`); the step is planned in ``can_run_graph`` (the
   ``graph_runner`` patch) and loaded in ``init_forward_metadata_out_graph``. A step whose plan
