@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .kernels.tree import host_to_device
+from .kernels.tree import ranges_on_device
 
 _MAX_DEPTH_NODES = 1 << 20
 SUPPORTED_CACHE_TYPES = ("RadixCache", "HiRadixCache")
@@ -74,18 +74,13 @@ class DecodeForest:
         np.cumsum(self.node_len, out=indptr[1:])
         return indptr.astype(np.int32)
 
-    def kv_positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(row, column) into ``req_to_token`` of every flattened slot, int64 [total] each."""
-        lens = self.node_len
-        owner = np.repeat(np.arange(self.num_nodes), lens)
-        starts = np.cumsum(lens) - lens
-        within = np.arange(owner.shape[0], dtype=np.int64) - starts[owner]
-        return self.node_row[owner], self.node_start[owner] + within
-
     def gather_kv_indices(self, req_to_token: torch.Tensor) -> torch.Tensor:
-        """Node slots from ``req_to_token`` (on its device, no host sync), int32 [total]."""
-        rows, cols = self.kv_positions()
-        flat = host_to_device(rows * req_to_token.stride(0) + cols, req_to_token.device)
+        """Node slots from ``req_to_token`` (on its device, no host sync), int32 [total].
+
+        The flat positions are built on the device from per-node rows and starts, so the host
+        work is per node, not per KV token."""
+        first = self.node_row * req_to_token.stride(0) + self.node_start
+        flat = ranges_on_device(first, self.node_len, req_to_token.device)
         return req_to_token.reshape(-1).index_select(0, flat).to(torch.int32)
 
     def path_positions(self, b: int) -> list[tuple[int, int, int]]:

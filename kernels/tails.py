@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .tree import host_to_device
+from .tree import host_to_device, ranges_on_device
 
 
 @dataclass
@@ -40,11 +40,11 @@ class TailSpread:
         """The flattened slot list with the free slots inserted (host array or device tensor,
         like the input; free slots hold 0 until written)."""
         tokens = np.diff(self.old_indptr)
-        dest = np.repeat(self.shift, tokens) + np.arange(int(self.old_indptr[-1]))
         if isinstance(kv_indices, torch.Tensor):
             out = torch.zeros(int(self.new_indptr[-1]), dtype=torch.int32, device=device)
-            where = host_to_device(dest, device)
+            where = ranges_on_device(self.new_indptr[:-1], tokens, device)
             return out.index_copy_(0, where, kv_indices.to(device=device, dtype=torch.int32))
+        dest = np.repeat(self.shift, tokens) + np.arange(int(self.old_indptr[-1]))
         out = np.zeros(int(self.new_indptr[-1]), dtype=np.int64)
         out[dest] = kv_indices
         return out

@@ -162,3 +162,21 @@ def host_to_device(array: np.ndarray, device) -> torch.Tensor:
     if torch.device(device).type == "cuda":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def ranges_on_device(starts: np.ndarray, lengths: np.ndarray, device,
+                     _force_device_path: bool = False) -> torch.Tensor:
+    """``starts[n], starts[n]+1, ..., starts[n]+lengths[n]-1`` for every n in turn, as int64
+    [sum(lengths)] on ``device``: built there from O(nodes) host data, so that a step's host
+    work does not grow with its KV length (and without waiting for the device)."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    first = np.cumsum(lengths) - lengths  # where each range begins in the output
+    if torch.device(device).type == "cpu" and not _force_device_path:
+        # the host is the device: numpy is the fast way
+        return torch.from_numpy(np.repeat(starts - first, lengths) + np.arange(total))
+    per_range = host_to_device(starts - first, device)
+    counts = host_to_device(lengths, device)
+    return (torch.repeat_interleave(per_range, counts, output_size=total)
+            + torch.arange(total, dtype=torch.int64, device=device))

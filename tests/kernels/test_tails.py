@@ -145,3 +145,12 @@ def test_extend_checks_the_slot_count():
     plan = plan_for(EXTENDABLE[0], tail_slack=2)
     with pytest.raises(ValueError, match="new_slots must have shape"):
         plan.extend_tails(torch.zeros(3, dtype=torch.int32, device=DEVICE))
+
+
+def test_ranges_on_device():
+    from deft_sglang.kernels.tree import ranges_on_device
+
+    for device_path in (False, True):  # the GPU's torch ops, also checked on the CPU
+        out = ranges_on_device([10, 0, 7, 3], [3, 0, 1, 2], DEVICE, device_path)
+        assert out.tolist() == [10, 11, 12, 7, 3, 4] and out.dtype == torch.int64
+        assert ranges_on_device([5], [0], DEVICE, device_path).numel() == 0
