@@ -318,6 +318,8 @@ class DeftAttnBackend(AttentionBackend):
         with the full batch); False: its plan does not fit, so SGLang runs it eagerly."""
         if self.graphs is None or not forward_batch.forward_mode.is_decode():
             return True  # the captured graph holds the inner kernel, or this is not decode
+        if self.graphs.pending:  # the last offer was never replayed: the workspace lags behind
+            self.reuse.forget()
         step = self._plan_or_none(forward_batch, any_size=True, graph=True)
         if step is not None and self.graphs.offer(forward_batch.out_cache_loc, step):
             return True

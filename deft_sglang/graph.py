@@ -110,6 +110,11 @@ class DecodeGraphs:
         self._pending = (key, step)
         return True
 
+    @property
+    def pending(self) -> bool:
+        """A plan was offered and no replay has taken it yet."""
+        return self._pending is not None
+
     def take(self, key: Any) -> Optional[Any]:
         """The step offered for ``key`` (matched by identity), once; None when there is none."""
         pending, self._pending = self._pending, None

@@ -146,3 +146,25 @@ def test_workspace_capacity_bounds():
     assert cap.max_partials == (256 << 20) // (32 * (128 * 2 + 4))
     with pytest.raises(ValueError, match="max_bs"):
         graph_capacity(0, 10, 1, 16, 2, 16)
+
+
+def test_an_offer_never_replayed_is_not_advanced_from(sim_factory, deft_patches):
+    sim = sim_factory()
+    fork(sim, [[1], [2]])
+    runner, deft, native, _ = backends(sim)
+    captured(sim, deft, runner)
+    for step in range(3):
+        sim.decode()
+        fb = forward_batch(sim, runner)
+        assert deft.deft_prepare_graph_replay(fb)
+        if step == 1:  # SGLang asked but did not replay: this step's token never reached the
+            sim.sample()  # workspace, so the next step must be planned afresh
+            continue
+        deft.init_forward_metadata_out_graph(replay_view(fb))
+        lay = layer(sim)
+        q, k, v = qkv(sim, fb.batch_size, seed=90 + step)
+        out = replay(sim, deft, fb, lay, q, k, v)
+        expect = run(native, fb, lay, q, k, v).view(-1, sim.q_heads, sim.head_dim)
+        torch.testing.assert_close(out[:fb.batch_size].float(), expect, atol=2e-3, rtol=0)
+        sim.sample()
+    assert deft.reuse.reused == 1  # step 1 advanced; step 2 did not advance from it
