@@ -136,7 +136,7 @@ def _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_pt
 
 @triton.jit
 def _partial_attention_kernel(
-    q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, items_stride, num_items_ptr,
+    q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, items_stride, bounds_ptr,
     work_counters_ptr, partial_out_ptr, partial_lse_ptr,
     stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
     stride_pp, stride_ph, stride_lp,
@@ -153,15 +153,15 @@ def _partial_attention_kernel(
         # rest are idle.  No `break` in Triton: claim the first item before the loop.  Relaxed
         # order suffices: the counter is the only state programs share (items are read-only and
         # every partial slot has one writer), and acq_rel's fences cost about 5% (H200).
-        num_items = tl.load(num_items_ptr)
-        item = tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
-        while item < num_items:
+        first, end = tl.load(bounds_ptr), tl.load(bounds_ptr + 1)
+        item = first + tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
+        while item < end:
             _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr,
                       items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
                       stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
                       stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
                       SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
-            item = tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
+            item = first + tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
     else:
         _run_item(tl.program_id(0), kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr,
                   query_order_ptr, items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
@@ -173,14 +173,14 @@ def _partial_attention_kernel(
 def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items, partial_out,
                              partial_lse, sm_scale: float, small_m: int, small_n: int,
                              block_m: int, block_n: int, num_warps: int, num_stages: int,
-                             num_items_dev: torch.Tensor | None = None, num_programs: int = 0,
+                             item_bounds: torch.Tensor | None = None, num_programs: int = 0,
                              work_counters: torch.Tensor | None = None):
     """Run phase 1 over ``items`` (int32 [5, capacity], row-major: kv_begin, kv_len, q_begin,
     q_count, slot_base).  Items of at most ``small_m`` rows use ``small_m x small_n`` tiles, the
     others ``block_m x block_n``.  Writes ``partial_out``/``partial_lse``; no host sync.
 
-    By default one program per item.  With ``num_items_dev`` (int32 [1] on the device) a fixed
-    grid of ``num_programs`` programs per KV head consumes the first ``num_items_dev[0]`` items
+    By default one program per item.  With ``item_bounds`` (int32 [2] on the device: first, end)
+    a fixed grid of ``num_programs`` programs per KV head consumes items ``[first, end)``
     through ``work_counters`` (int32 [Hkv] on the device, required then): the launch depends on
     no host value of the tree, as CUDA-graph replay requires.  The counters must be zero at
     launch and are left past the end of the list, so the caller zeroes them before every launch
@@ -190,14 +190,14 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
     Raises
     ------
     ValueError
-        If ``num_items_dev`` is given without ``work_counters`` of at least Hkv int32 entries.
+        If ``item_bounds`` is given without ``work_counters`` of at least Hkv int32 entries.
     """
-    persistent = num_items_dev is not None
+    persistent = item_bounds is not None
     num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
     if persistent and (work_counters is None or work_counters.dtype != torch.int32
                        or work_counters.numel() < num_kv_heads
                        or not work_counters.is_contiguous()):
-        raise ValueError("a persistent launch (num_items_dev) needs work_counters: "
+        raise ValueError("a persistent launch (item_bounds) needs work_counters: "
                          f"int32 [{num_kv_heads}] (one per KV head), zeroed before each launch")
     num_items = items.shape[1]
     if num_items == 0 or (persistent and num_programs < 1):
@@ -208,7 +208,7 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
     grid = (num_programs if persistent else num_items, num_kv_heads)
     return _partial_attention_kernel[grid](
         q, k_cache, v_cache, kv_indices, query_order, items, items.stride(0),
-        num_items_dev if persistent else items, work_counters if persistent else items,
+        item_bounds if persistent else items, work_counters if persistent else items,
         partial_out, partial_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1),

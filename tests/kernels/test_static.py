@@ -31,7 +31,8 @@ def reference(forest, q, k, v):
 
 TREES = [star(prefix=300, branches=6, tail=11),
          make_forest([40, 0, 9, 1, 77], [-1, 0, 1, 2, 0], [3, 4, 2, 0, 4]),
-         make_forest([500] + [3] * 9, [-1] + [0] * 9, list(range(1, 10)))]
+         make_forest([500] + [3] * 9, [-1] + [0] * 9, list(range(1, 10))),
+         make_forest([130, 17, 1, 64], [-1, -1, -1, -1], [2, 0, 3, 1])]  # unshared: 4-row items
 
 
 def test_reload_different_trees_into_fixed_buffers():
@@ -77,7 +78,7 @@ def test_persistent_launch_needs_work_counters():
         launch_partial_attention(q, k, v, static.kv_indices, static.query_order, static.items,
                                  static.partial_out, static.partial_lse, D ** -0.5, SMALL_M,
                                  small_n, block_m, block_n, warps, stages,
-                                 num_items_dev=static.num_items, num_programs=3)
+                                 item_bounds=static.item_bounds[0], num_programs=3)
 
 
 @pytest.mark.parametrize("caps", [dict(max_queries=3), dict(max_items=2),
@@ -103,6 +104,16 @@ def test_empty_load_gives_zeros_and_other_tiles_are_refused():
                                 num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, device=DEVICE,
                                 config=PlannerConfig(block_n=32))
     assert not static.fits(other)  # its chunks were cut for other kernel tiles
+
+
+def test_each_plan_goes_to_the_kernel_its_row_tiles_need():
+    static = workspace()
+    for forest, small_only in ((TREES[0], False), (TREES[3], True)):
+        plan = plan_for(forest)
+        static.load(plan)
+        n = plan.items.shape[1]
+        expect = [[0, 0], [0, n]] if small_only else [[0, n], [0, 0]]
+        assert static.item_bounds.tolist() == expect
 
 
 def test_bad_capacity():
