@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +28,7 @@ from ._logging import info_once, logger, warn_once
 from .config import DeftConfig, get_config
 from .graph import DecodeGraphs, create_decode_graphs, pool_geometry, view_chain_forest
 from .kernels import plan_tree_attention
-from .monitor import Monitor, ShadowCheck
+from .monitor import Monitor, ShadowCheck, log_plan_stats
 from .reuse import BatchSignature, PlanReuse
 from .support import layer_unsupported_reason, model_unsupported_reason
 from .tree_reader import DecodeForest, chain_forest, decode_batch_view, read_decode_forest
@@ -218,22 +217,8 @@ class DeftAttnBackend(AttentionBackend):
             head_dim=self.head_dim, device=self.device, validate=self.config.validate_plan,
             num_slots=num_slots, kv_elem_bytes=elem_bytes, tail_slack=tail_slack)
         self.steps += 1
-        self._log_step(plan, forest, batch_size)
+        self.last_stats = log_plan_stats(self.steps, plan, forest, batch_size) or self.last_stats
         return DeftStep(plan, forest, batch_size)
-
-    def _log_step(self, plan, forest: DecodeForest, batch_size: int) -> None:
-        if not logger.isEnabledFor(logging.DEBUG):
-            return
-        stats = plan.stats()
-        self.last_stats = stats
-        unique = max(stats.get("unique_kv_tokens", 0), 1)
-        logger.debug(
-            "DeFT step %d: bs=%d nodes=%d (tree %d) groups=%s work_items=%s unique_kv=%s "
-            "per_request_kv=%s (%.2fx) loaded_kv=%s partial_bytes=%s fallbacks=%s",
-            self.steps, batch_size, forest.num_nodes, forest.num_tree_nodes,
-            stats.get("num_groups"), stats.get("num_work_items"), stats.get("unique_kv_tokens"),
-            stats.get("per_request_kv_tokens"), stats.get("per_request_kv_tokens", 0) / unique,
-            stats.get("loaded_kv_tokens"), stats.get("partial_bytes"), forest.fallbacks or "none")
 
     # ---- forward -----------------------------------------------------------------------------
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):

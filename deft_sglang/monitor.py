@@ -2,6 +2,8 @@
 
 * :class:`StepTimer` keeps the host time the backend's own code spends per decode step (reading
   the tree and planning, or advancing the last plan; loading the graph workspace) and, every ``DEFT_STATS_INTERVAL`` steps, logs its distribution.
+* :func:`log_plan_stats`: at DEBUG, one line per fresh plan (groups, chunks, unique vs
+  per-request KV tokens).
 * :class:`ShadowCheck` (``DEFT_SHADOW_CHECK=1``): every DeFT decode layer also runs the stock
   kernel on the same inputs and keeps, on the device, the largest ``|deft - stock|`` and the
   largest ``|stock|`` seen. Both are tensor ops with fixed addresses, so they are captured into
@@ -11,6 +13,7 @@
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import Optional
@@ -107,3 +110,20 @@ class Monitor:
             logger.info("DeFT shadow check after %d steps: max |deft - stock| = %.3g "
                         "(max |stock| = %.3g)", self.steps, check["max_abs_diff"],
                         check["max_abs_stock"])
+
+
+def log_plan_stats(step: int, plan, forest, batch_size: int) -> Optional[dict]:
+    """At DEBUG: one line of a fresh plan's shape and IO (groups, chunks, unique vs per-request
+    KV tokens); returns the plan's stats when logged, else None (no work at other levels)."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return None
+    stats = plan.stats()
+    unique = max(stats.get("unique_kv_tokens", 0), 1)
+    logger.debug(
+        "DeFT step %d: bs=%d nodes=%d (tree %d) groups=%s work_items=%s unique_kv=%s "
+        "per_request_kv=%s (%.2fx) loaded_kv=%s partial_bytes=%s fallbacks=%s",
+        step, batch_size, forest.num_nodes, forest.num_tree_nodes,
+        stats.get("num_groups"), stats.get("num_work_items"), stats.get("unique_kv_tokens"),
+        stats.get("per_request_kv_tokens"), stats.get("per_request_kv_tokens", 0) / unique,
+        stats.get("loaded_kv_tokens"), stats.get("partial_bytes"), forest.fallbacks or "none")
+    return stats

@@ -40,6 +40,18 @@ def replay(sim, deft, fb, lay, q, k, v):
     return out
 
 
+def check_replay(sim, deft, native, fb, seed: int) -> None:
+    """Prepare the replay of ``fb`` as SGLang does and check the captured launches' result:
+    stock's attention on the real rows, zeros on the padding rows."""
+    deft.init_forward_metadata_out_graph(replay_view(fb))
+    lay = layer(sim)
+    q, k, v = qkv(sim, fb.batch_size, seed=seed)
+    out = replay(sim, deft, fb, lay, q, k, v)
+    expect = run(native, fb, lay, q, k, v).view(-1, sim.q_heads, sim.head_dim)
+    torch.testing.assert_close(out[:fb.batch_size].float(), expect, atol=2e-3, rtol=0)
+    assert torch.count_nonzero(out[fb.batch_size:]) == 0  # padding rows
+
+
 def captured(sim, deft, runner):
     """Set up graph state and run one layer as a capture does (empty work list: zeros)."""
     deft.init_cuda_graph_state(MAX_BS, MAX_BS)
@@ -65,13 +77,7 @@ def test_replays_match_stock_on_changing_trees(sim_factory, deft_patches):
         sim.decode()
         fb = forward_batch(sim, runner)
         assert deft.deft_prepare_graph_replay(fb)
-        deft.init_forward_metadata_out_graph(replay_view(fb))
-        lay = layer(sim)
-        q, k, v = qkv(sim, fb.batch_size, seed=20 + step)
-        out = replay(sim, deft, fb, lay, q, k, v)
-        expect = run(native, fb, lay, q, k, v).view(-1, sim.q_heads, sim.head_dim)
-        torch.testing.assert_close(out[:fb.batch_size].float(), expect, atol=2e-3, rtol=0)
-        assert torch.count_nonzero(out[fb.batch_size:]) == 0  # padding rows
+        check_replay(sim, deft, native, fb, seed=20 + step)
         sim.sample()
     assert deft.graphs.replays == 3 and deft.graphs.refused == 0
     assert deft.reuse.reused == 1  # step 1 advanced the workspace; step 2 had a new request
@@ -101,12 +107,7 @@ def test_unannounced_replay_reads_chains(sim_factory, deft_patches):
     captured(sim, deft, runner)
     sim.decode()
     fb = forward_batch(sim, runner)
-    deft.init_forward_metadata_out_graph(replay_view(fb))  # can_run_graph was not asked
-    lay = layer(sim)
-    q, k, v = qkv(sim, fb.batch_size, seed=6)
-    out = replay(sim, deft, fb, lay, q, k, v)
-    expect = run(native, fb, lay, q, k, v).view(-1, sim.q_heads, sim.head_dim)
-    torch.testing.assert_close(out[:fb.batch_size].float(), expect, atol=2e-3, rtol=0)
+    check_replay(sim, deft, native, fb, seed=6)  # can_run_graph was not asked
     assert deft.graphs.replays == 0
 
 
@@ -160,11 +161,6 @@ def test_an_offer_never_replayed_is_not_advanced_from(sim_factory, deft_patches)
         if step == 1:  # SGLang asked but did not replay: this step's token never reached the
             sim.sample()  # workspace, so the next step must be planned afresh
             continue
-        deft.init_forward_metadata_out_graph(replay_view(fb))
-        lay = layer(sim)
-        q, k, v = qkv(sim, fb.batch_size, seed=90 + step)
-        out = replay(sim, deft, fb, lay, q, k, v)
-        expect = run(native, fb, lay, q, k, v).view(-1, sim.q_heads, sim.head_dim)
-        torch.testing.assert_close(out[:fb.batch_size].float(), expect, atol=2e-3, rtol=0)
+        check_replay(sim, deft, native, fb, seed=90 + step)
         sim.sample()
     assert deft.reuse.reused == 1  # step 1 advanced; step 2 did not advance from it

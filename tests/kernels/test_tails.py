@@ -19,6 +19,21 @@ def grow(forest: Forest, new_slots) -> Forest:
     return Forest(forest.parent, indptr, indices, forest.query_node, forest.num_slots)
 
 
+def with_spare_slots(forest: Forest, steps: int) -> Forest:
+    """``forest`` with room in its pool for ``steps`` new tokens per query."""
+    return Forest(forest.parent, forest.indptr, forest.indices, forest.query_node,
+                  forest.num_slots + steps * len(forest.query_node))
+
+
+def advance(plan, base: Forest, current: Forest, step: int, *buffers) -> Forest:
+    """Append decode step ``step``'s token of every query (fresh pool slots past ``base``'s)
+    to ``plan`` (or to the workspace ``buffers``); return ``current`` grown the same way."""
+    batch = len(base.query_node)
+    new = [base.num_slots + step * batch + b for b in range(batch)]
+    plan.extend_tails(torch.tensor(new, device=DEVICE), *buffers)
+    return grow(current, new)
+
+
 def plan_for(forest, **kwargs):
     return plan_tree_attention(forest.parent, forest.indptr, forest.indices, forest.query_node,
                                num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, device=DEVICE,
@@ -42,9 +57,8 @@ EXTENDABLE = [
 @pytest.mark.parametrize("forest", EXTENDABLE)
 def test_advanced_plan_equals_the_grown_tree(forest, device_indices):
     slack, batch = 3, len(forest.query_node)
-    grown = Forest(forest.parent, forest.indptr, forest.indices, forest.query_node,
-                   forest.num_slots + slack * batch)
-    q, k, v = random_qkv(grown, batch, HQ, HKV, D, torch.float32, seed=batch)
+    q, k, v = random_qkv(with_spare_slots(forest, slack), batch, HQ, HKV, D, torch.float32,
+                         seed=batch)
     if device_indices:  # as the SGLang backend plans: slots gathered on the device, unvalidated
         plan = plan_tree_attention(forest.parent, forest.indptr,
                                    torch.tensor(forest.indices, device=DEVICE),
@@ -55,9 +69,7 @@ def test_advanced_plan_equals_the_grown_tree(forest, device_indices):
     assert plan.tails is not None and plan.tails.room == slack
     current = forest
     for step in range(slack):
-        new = [forest.num_slots + step * batch + b for b in range(batch)]
-        plan.extend_tails(torch.tensor(new, device=DEVICE))
-        current = grow(current, new)
+        current = advance(plan, forest, current, step)
         err = (plan.run(q, k, v) - reference(current, q, k, v)).abs().max().item()
         assert err < 2e-5, f"step {step}: {err}"
     with pytest.raises(ValueError, match="used up"):
@@ -67,9 +79,7 @@ def test_advanced_plan_equals_the_grown_tree(forest, device_indices):
 def test_workspace_copy_is_advanced_in_place():
     forest, slack = EXTENDABLE[1], 2
     batch = len(forest.query_node)
-    grown = Forest(forest.parent, forest.indptr, forest.indices, forest.query_node,
-                   forest.num_slots + slack * batch)
-    q, k, v = random_qkv(grown, 8, HQ, HKV, D, torch.float32, seed=3)
+    q, k, v = random_qkv(with_spare_slots(forest, slack), 8, HQ, HKV, D, torch.float32, seed=3)
     static = StaticTreeAttention(max_queries=8, max_items=64, max_kv_tokens=1000,
                                  max_partials=256, num_qo_heads=HQ, num_kv_heads=HKV,
                                  head_dim=D, dtype=torch.float32, device=DEVICE, num_programs=3)
@@ -77,9 +87,7 @@ def test_workspace_copy_is_advanced_in_place():
     static.load(plan)
     current = forest
     for step in range(slack):
-        new = [forest.num_slots + step * batch + b for b in range(batch)]
-        plan.extend_tails(torch.tensor(new, device=DEVICE), static.kv_indices, static.items)
-        current = grow(current, new)
+        current = advance(plan, forest, current, step, static.kv_indices, static.items)
         out = torch.empty_like(q)
         static.run(q, k, v, out)
         err = (out[:batch] - reference(current, q[:batch], k, v)).abs().max().item()
@@ -127,16 +135,13 @@ def test_random_decode_batches_advance_exactly(seed):
     forest = private_tail_forest(rng)
     slack, batch = rng.randint(1, 4), len(forest.query_node)
     steps = rng.randint(1, slack)
-    grown = Forest(forest.parent, forest.indptr, forest.indices, forest.query_node,
-                   forest.num_slots + steps * batch)
-    q, k, v = random_qkv(grown, batch, HQ, HKV, D, torch.float32, seed=seed)
+    q, k, v = random_qkv(with_spare_slots(forest, steps), batch, HQ, HKV, D, torch.float32,
+                         seed=seed)
     plan = plan_for(forest, tail_slack=slack)
     assert plan.tails is not None
     current = forest
     for step in range(steps):
-        new = [forest.num_slots + step * batch + b for b in range(batch)]
-        plan.extend_tails(torch.tensor(new, device=DEVICE))
-        current = grow(current, new)
+        current = advance(plan, forest, current, step)
     err = (plan.run(q, k, v) - reference(current, q, k, v)).abs().max().item()
     assert err < 2e-5
 
