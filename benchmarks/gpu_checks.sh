@@ -1,0 +1,52 @@
+#!/bin/bash
+# The checks that need the GPU host, in one place (after the SGLang bundles and this project are
+# installed there, see the developers' notes). Each step writes WORK/<step>.log; results go to
+# WORK/<step>/ and WORK/progress lists the finished steps with their exit status:
+#
+#   setsid nohup bash benchmarks/gpu_checks.sh WORK [STEP ...] >/dev/null 2>&1 &
+#
+# Steps (default: all, in this order; each bounded by a timeout):
+#   tests   the whole pytest suite, GPU-marked tests included
+#   graph   benchmarks/bench_graph.py --quick (graph form vs eager, per layer)
+#   e2e1b   examples/e2e_compare.py on llama-1b-shape: deft, deft_module, deft_engine vs stock,
+#           the examples against each server, fork grid, n=32 sampling, 256 unshared prompts
+#   soak    benchmarks/soak.py on llama-1b-shape, stock and deft
+#   e2e8b   examples/e2e_compare.py on llama3-8b-shape: deft, stock, stock_flashinfer, full grid
+#   fuzz    the kernel fuzz suite with 10,000 cases
+#   kernels benchmarks/bench_kernels.py --quick
+set -u
+WORK=${1:?usage: gpu_checks.sh WORK [STEP ...]}
+shift
+STEPS=${*:-tests graph e2e1b soak e2e8b fuzz kernels}
+MODELS=${DEFT_MODELS:-/tmp/sglang-0.5.17/models}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$WORK"
+export PYTHONUNBUFFERED=1
+cd "$HERE" || exit 1
+
+run() {  # run STEP TIMEOUT COMMAND...: log, bound, record the exit status
+    local step=$1 limit=$2
+    shift 2
+    echo "$(date -u +%H:%M:%S) start $step" >> "$WORK/progress"
+    timeout "$limit" "$@" > "$WORK/$step.log" 2>&1
+    echo "$(date -u +%H:%M:%S) done $step rc=$?" >> "$WORK/progress"
+}
+
+for step in $STEPS; do
+    case $step in
+    tests) run tests 900 python3 -m pytest tests -q -p no:cacheprovider ;;
+    graph) run graph 400 python3 benchmarks/bench_graph.py --out "$WORK/graph" --quick ;;
+    e2e1b) run e2e1b 1500 python3 examples/e2e_compare.py --model-path "$MODELS/llama-1b-shape" \
+               --out "$WORK/e2e1b" --launches deft,deft_module,deft_engine,stock --examples \
+               --grid 1024,8192:64 --unshared 256 ;;
+    soak) run soak 1500 python3 benchmarks/soak.py --model-path "$MODELS/llama-1b-shape" \
+              --out "$WORK/soak" --launches stock,deft ;;
+    e2e8b) run e2e8b 1800 python3 examples/e2e_compare.py --model-path "$MODELS/llama3-8b-shape" \
+               --out "$WORK/e2e8b" --launches deft,stock,stock_flashinfer ;;
+    fuzz) run fuzz 1500 env DEFT_FUZZ_EXAMPLES=10000 python3 -m pytest tests/kernels/test_fuzz.py \
+              -q -p no:cacheprovider ;;
+    kernels) run kernels 900 python3 benchmarks/bench_kernels.py --out "$WORK/kernels" --quick ;;
+    *) echo "unknown step $step" >> "$WORK/progress" ;;
+    esac
+done
+echo "$(date -u +%H:%M:%S) all done" >> "$WORK/progress"
