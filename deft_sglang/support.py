@@ -43,6 +43,12 @@ def _serving_reason(model_runner) -> Optional[str]:
     spec = getattr(server_args, "speculative_algorithm", None)
     if spec not in (None, "", "NONE"):
         return f"speculative decoding ({spec})"
+    # Both split a decode batch into micro-batches (or attention streams) whose metadata SGLang
+    # prepares apart from the batch DeFT planned; untested with DeFT's graph hand-off.
+    if getattr(server_args, "enable_two_batch_overlap", False):
+        return "two-batch overlap (--enable-two-batch-overlap)"
+    if getattr(server_args, "enable_pdmux", False):
+        return "PD multiplexing (--enable-pdmux)"
     try:
         from sglang.srt.runtime_context import get_parallel
         if get_parallel().attn_dcp_size > 1:
