@@ -23,8 +23,8 @@ Variable                                Default    Meaning
                                                    each request's ``req_to_token`` row (a device
                                                    sync per step; for debugging).
 ``DEFT_VALIDATE_PLAN``                  ``0``      Validate the forest handed to the planner (host sync).
-``DEFT_MIN_BATCH_SIZE``                 ``1``      Decode batches smaller than this use the
-                                                   stock kernel.
+``DEFT_MIN_BATCH_SIZE``                 ``1``      Eager decode batches smaller than this use the
+                                                   stock kernel (graph replays always run DeFT).
 ``DEFT_TAIL_SLACK``                     ``32``     Plans leave this many free slots per request
                                                    tail, so the next decode steps of an unchanged
                                                    batch reuse the plan (advanced on the GPU)
