@@ -44,9 +44,8 @@ class TailSpread:
             out = torch.zeros(int(self.new_indptr[-1]), dtype=torch.int32, device=device)
             where = ranges_on_device(self.new_indptr[:-1], tokens, device)
             return out.index_copy_(0, where, kv_indices.to(device=device, dtype=torch.int32))
-        dest = np.repeat(self.shift, tokens) + np.arange(int(self.old_indptr[-1]))
         out = np.zeros(int(self.new_indptr[-1]), dtype=np.int64)
-        out[dest] = kv_indices
+        out[ranges_on_device(self.new_indptr[:-1], tokens, "cpu").numpy()] = kv_indices
         return out
 
     def tails(self, item_node: np.ndarray, item_last: np.ndarray,
@@ -59,11 +58,10 @@ class TailSpread:
         open_items = np.empty(num_queries, dtype=np.int64)
         open_items[query_of_node[item_node[position]]] = position
         next_pos = self.new_indptr[self.query_node] + np.diff(self.old_indptr)[self.query_node]
-        on = dict(device=device)
         return TailSlack(room=self.slack,
                          next_pos=host_to_device(next_pos, device),
                          open_items=host_to_device(open_items, device),
-                         ones=torch.ones(num_queries, dtype=torch.int32, **on))
+                         ones=torch.ones(num_queries, dtype=torch.int32, device=device))
 
 
 def tail_spread(parent: np.ndarray, kv_indptr: np.ndarray, query_node: np.ndarray,
