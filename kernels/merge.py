@@ -9,6 +9,8 @@ Shapes and strides::
     partial_out   [P, Hq, D] (fp32, or q's 16-bit dtype)   partial_lse  fp32 [P, Hq]  (log base 2)
     merge_indptr  int32 [B+1]          merge_slots  int32 [P]
     out           [B, Hq, D]           dtype of q
+    extra_out     [>=B, Hq, D]         optional: one more partial per query, row b for query b
+    extra_lse     fp32 [>=B, Hq]       (tree verification: the draft-tree part, kernels.verify)
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ from .partial_attention import interpreter_active
 @triton.jit
 def _merge_partials_kernel(
     partial_out_ptr, partial_lse_ptr, merge_indptr_ptr, merge_slots_ptr, out_ptr,
-    stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, num_heads,
+    extra_out_ptr, extra_lse_ptr,
+    stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, stride_eb, stride_eh, stride_le,
+    num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+    EXTRA: tl.constexpr,
 ):
     query = tl.program_id(0)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -36,6 +41,13 @@ def _merge_partials_kernel(
     m_run = tl.full([BLOCK_H], -float("inf"), tl.float32)
     weight_sum = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    if EXTRA:  # start from the query's extra partial (weight 1 at its own LSE, 0 when empty)
+        m_run = tl.load(extra_lse_ptr + query.to(tl.int64) * stride_le + offs_h, mask=mask_h,
+                        other=-float("inf"))
+        weight_sum = tl.where(m_run == -float("inf"), 0.0, 1.0)
+        acc = tl.load(extra_out_ptr + query.to(tl.int64) * stride_eb
+                      + offs_h[:, None] * stride_eh + offs_d[None, :],
+                      mask=mask_hd, other=0.0).to(tl.float32) * weight_sum[:, None]
     for start in range(begin, end, BLOCK_P):
         mask_p = start + offs_p < end
         slots = tl.load(merge_slots_ptr + start + offs_p, mask=mask_p, other=0).to(tl.int64)
@@ -74,18 +86,21 @@ def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_par
 
 
 def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_h: int = 1,
-                 block_p: int = 8):
+                 block_p: int = 8, extra=None):
     """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync.
-    ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`)."""
+    ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`).
+    ``extra``: optional ``(extra_out, extra_lse)``, one more partial per query (row b)."""
     num_queries, num_qo_heads, head_dim = out.shape
     if num_queries == 0:
         return
+    extra_out, extra_lse = extra if extra is not None else (partial_out, partial_lse)
     _merge_partials_kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
-        partial_out, partial_lse, merge_indptr, merge_slots, out,
+        partial_out, partial_lse, merge_indptr, merge_slots, out, extra_out, extra_lse,
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
-        out.stride(0), out.stride(1), num_qo_heads,
+        out.stride(0), out.stride(1), extra_out.stride(0), extra_out.stride(1),
+        extra_lse.stride(0), num_qo_heads,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_H=block_h,
-        BLOCK_P=block_p, num_warps=4,
+        BLOCK_P=block_p, EXTRA=extra is not None, num_warps=4,
     )
 
 

@@ -245,7 +245,7 @@ class TreeAttentionPlan:
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             sm_scale: float | None = None, out: torch.Tensor | None = None,
-            check: bool = True) -> torch.Tensor:
+            check: bool = True, extra=None) -> torch.Tensor:
         """Tree attention for this plan's tree.
 
         Parameters
@@ -255,6 +255,8 @@ class TreeAttentionPlan:
         sm_scale : softmax scale, default ``1/sqrt(D)``.
         out : optional [B, Hq, D] output buffer (dtype of q).
         check : validate shapes/dtypes (cheap; pass False on the hot path).
+        extra : optional ``(extra_out [B, Hq, D], extra_lse fp32 [B, Hq] log2)``, one more
+            partial per query merged into its result (``kernels.verify``: the draft tree).
 
         Returns
         -------
@@ -271,7 +273,7 @@ class TreeAttentionPlan:
                                  self.config.small_block_n, self.block_m, self.block_n,
                                  self.config.num_warps, self.config.num_stages)
         launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
-                     *self.merge_shape)
+                     *self.merge_shape, extra=extra)
         return out
 
 

@@ -78,3 +78,25 @@ def merge_states_reference(o_a, lse_a, o_b, lse_b):
     w_a = torch.exp(lse_a.double() - lse).nan_to_num(0.0)
     w_b = torch.exp(lse_b.double() - lse).nan_to_num(0.0)
     return o_a.double() * w_a[..., None] + o_b.double() * w_b[..., None], lse
+
+
+def tree_verify_reference(q, k_cache, v_cache, node_parent, node_kv_indptr, node_kv_indices,
+                          request_node, draft_slots, draft_mask, sm_scale=None) -> torch.Tensor:
+    """Verify attention, per query in float64: draft token i of request r (row ``r*T + i``)
+    attends to the KV of ``request_node[r]``'s path, then to draft tokens j with
+    ``draft_mask[r, i, j]`` (bool [R, T, T]).  Same contract as
+    :func:`deft_sglang.kernels.verify.tree_verify_attention`."""
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    parent, indptr, indices, nodes = validate_tree(
+        node_parent, node_kv_indptr, node_kv_indices, request_node)
+    num_requests, draft_len = draft_mask.shape[0], draft_mask.shape[1]
+    slots = torch.as_tensor(draft_slots).reshape(num_requests, draft_len).to(k_cache.device)
+    out = torch.empty_like(q)
+    for r in range(num_requests):
+        prefix = _path_slots(parent, indptr, indices, int(nodes[r])).to(k_cache.device)
+        for i in range(draft_len):
+            keys = torch.cat([prefix, slots[r][draft_mask[r, i].to(k_cache.device)]])
+            o, _ = attention_with_lse(q[r * draft_len + i], k_cache[keys], v_cache[keys],
+                                      sm_scale)
+            out[r * draft_len + i] = o.to(q.dtype)
+    return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 
 def token_tree_parents(choices: Sequence[Sequence[int]]) -> tuple[list, list]:
     """Parents of a token tree given as Medusa choice paths.
@@ -44,3 +46,57 @@ def token_tree_parents(choices: Sequence[Sequence[int]]) -> tuple[list, list]:
             raise ValueError(f"choices hold {list(path)} but not its parent {list(path[:-1])}")
         parent.append(index[path[:-1]])
     return [list(p) for p in paths], parent
+
+
+def ancestor_mask(parent: Sequence[int]) -> np.ndarray:
+    """The tree mask of a token tree: ``mask[i, j]`` is True when token ``j`` is token ``i`` or
+    one of its ancestors.  bool [T, T].
+
+    Parameters
+    ----------
+    parent : int [T]; ``parent[i] < i`` (or -1 for a root).
+    """
+    parent = np.asarray(parent, dtype=np.int64).reshape(-1)
+    num = parent.shape[0]
+    mask = np.zeros((num, num), dtype=bool)
+    for i in range(num):
+        if parent[i] >= i:
+            raise ValueError(f"parent[{i}] = {parent[i]} must be smaller than {i} (or -1)")
+        mask[i, i] = True
+        if parent[i] >= 0:
+            mask[i] |= mask[parent[i]]
+    return mask
+
+
+def draft_tree_as_nodes(node_parent, node_kv_indptr, node_kv_indices, request_node,
+                        draft_slots, draft_parent) -> tuple[np.ndarray, ...]:
+    """The contract's node form of a verify step: every draft token becomes a one-token node.
+
+    Parameters
+    ----------
+    node_parent, node_kv_indptr, node_kv_indices : the committed KV forest.
+    request_node : int [R]; request r's committed path ends at ``request_node[r]``.
+    draft_slots : int [R*T]; KV slot of draft token i of request r at ``r*T + i``.
+    draft_parent : int [R, T]; the parent of each draft token within its tree (-1: the root,
+        whose parent becomes ``request_node[r]``).
+
+    Returns
+    -------
+    (node_parent, node_kv_indptr, node_kv_indices, query_node) with query ``r*T + i`` at draft
+    token i's node: plain tree attention over it equals verify attention.
+    """
+    parent = np.asarray(node_parent, dtype=np.int64).reshape(-1)
+    indptr = np.asarray(node_kv_indptr, dtype=np.int64).reshape(-1)
+    indices = np.asarray(node_kv_indices, dtype=np.int64).reshape(-1)
+    request_node = np.asarray(request_node, dtype=np.int64).reshape(-1)
+    draft_parent = np.asarray(draft_parent, dtype=np.int64)
+    slots = np.asarray(draft_slots, dtype=np.int64).reshape(-1)
+    num_requests, draft_len = draft_parent.shape
+    base = parent.shape[0]
+    local = draft_parent + base + np.arange(num_requests)[:, None] * draft_len
+    new_parent = np.where(draft_parent < 0, request_node[:, None], local).reshape(-1)
+    out_parent = np.concatenate([parent, new_parent])
+    out_indptr = np.concatenate([indptr, indptr[-1] + 1 + np.arange(num_requests * draft_len)])
+    out_indices = np.concatenate([indices, slots])
+    query_node = base + np.arange(num_requests * draft_len)
+    return out_parent, out_indptr, out_indices, query_node

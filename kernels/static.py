@@ -126,10 +126,11 @@ class StaticTreeAttention:
         self.merge_indptr.zero_()
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            out: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
+            out: torch.Tensor, sm_scale: float | None = None, extra=None) -> torch.Tensor:
         """Tree attention for the loaded plan into ``out`` ([B, Hq, D], B <= max_queries).
 
-        Rows of ``q``/``out`` past the plan's queries are padding: ``out`` gets zeros there.
+        Rows of ``q``/``out`` past the plan's queries are padding: ``out`` gets zeros there
+        (or their ``extra`` partial).  ``extra`` as in ``TreeAttentionPlan.run``.
         The launches depend only on shapes, so this may be captured in a CUDA graph.
         """
         if q.shape[0] > self.capacity["queries"] or out.shape != q.shape:
@@ -146,5 +147,5 @@ class StaticTreeAttention:
                                      num_programs=self.num_programs,
                                      work_counters=self.work_counters[launch])
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
-                     out, *self.merge_shape)
+                     out, *self.merge_shape, extra=extra)
         return out
