@@ -13,6 +13,8 @@
   workspace (:mod:`deft_sglang.graph`); the step is planned in ``can_run_graph`` (the
   ``graph_runner`` patch) and loaded in ``init_forward_metadata_out_graph``. A step whose plan
   does not fit the workspace runs eagerly. ``fallback`` leaves graphs to the inner backend.
+* Speculative decoding (EAGLE trees): target-verify forwards run DeFT tree verification
+  (:mod:`deft_sglang.verify`), eagerly or in SGLang's verify graphs.
 """
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from ._logging import info_once, logger, warn_once
 from .config import DeftConfig, get_config
-from .graph import DecodeGraphs, create_decode_graphs, pool_geometry, view_chain_forest
-from .kernels import plan_tree_attention
+from .graph import DecodeGraphs, pool_geometry
+from .graph_hooks import GraphHooks
+from .kernels import plan_tree_attention, plan_tree_verify
 from .monitor import Monitor, ShadowCheck, log_plan_stats
 from .reuse import BatchSignature, PlanReuse
 from .support import layer_unsupported_reason, model_unsupported_reason
 from .tree_reader import DecodeForest, chain_forest, decode_batch_view, read_decode_forest
+from .verify import DraftMask, draft_mask, mask_mode, verify_input
 
 
 @dataclass
@@ -42,6 +46,8 @@ class DeftStep:
     forest: DecodeForest
     batch_size: int
     new_slots: Optional[torch.Tensor] = None  # graph replay: advance the workspace by these
+    draft: Optional[DraftMask] = None  # an eager verify step: where the draft-tree mask is
+    draft_len: int = 0  # a verify step: draft tokens per request (its plan is a verify plan)
 
 
 def _create_inner(model_runner, name: str) -> AttentionBackend:
@@ -69,7 +75,7 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-class DeftAttnBackend(AttentionBackend):
+class DeftAttnBackend(GraphHooks, AttentionBackend):
     """DeFT decode with a stock SGLang backend for everything else.
 
     Parameters
@@ -103,6 +109,7 @@ class DeftAttnBackend(AttentionBackend):
         self._inner_ready = False
         self.graphs: Optional[DecodeGraphs] = None  # set by init_cuda_graph_state
         self._graph_decode = False  # this forward is a decode graph's capture (or a test replay)
+        self._graph_verify = False  # likewise for a target-verify graph
         self._graph_uses_inner = False  # some layer of the captured graphs runs the inner kernel
         shadow = ShadowCheck(self.device) if self.config.shadow_check else None
         self.monitor = Monitor(self.config.stats_interval, shadow)
@@ -146,9 +153,12 @@ class DeftAttnBackend(AttentionBackend):
     # ---- per-step metadata -------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch):
         """Plan DeFT for a decode batch; anything else (or a failed plan) goes to the inner."""
-        self._step, self._inner_ready, self._graph_decode = None, False, False
-        if self.reason is None and forward_batch.forward_mode.is_decode() and not _capturing():
-            self._step = self._plan_or_none(forward_batch)
+        self._step, self._inner_ready = None, False
+        self._graph_decode = self._graph_verify = False
+        mode = forward_batch.forward_mode
+        if self.reason is None and not _capturing() and (mode.is_decode()
+                                                          or mode.is_target_verify()):
+            self._step = self._plan_or_none(forward_batch, verify=mode.is_target_verify())
             if self._step is not None:
                 self._step_done(self._step)
         if self._step is None:
@@ -161,10 +171,12 @@ class DeftAttnBackend(AttentionBackend):
         self.monitor.step_done(lambda: f" ({self.reuse.fresh} fresh plans, {self.reuse.reused} "
                                        "advanced in place)")
 
-    def _plan_or_none(self, forward_batch, any_size: bool = False,
-                      graph: bool = False) -> Optional[DeftStep]:
+    def _plan_or_none(self, forward_batch, any_size: bool = False, graph: bool = False,
+                      verify: bool = False) -> Optional[DeftStep]:
         self.monitor.timer.start()
         try:
+            if verify:
+                return self._plan_verify(forward_batch, graph)
             return self._plan(forward_batch, any_size, graph)
         except Exception as exc:  # never fail a server step over DeFT: stock decode is exact
             self.reuse.forget()
@@ -209,16 +221,46 @@ class DeftAttnBackend(AttentionBackend):
             self.reuse.remember(signature, step)
         return step
 
-    def _plan_forest(self, forest: DecodeForest, batch_size: int, tail_slack: int = 0) -> DeftStep:
+    def _plan_verify(self, forward_batch, graph: bool = False) -> Optional[DeftStep]:
+        """A target-verify step: the committed forest with ``T`` queries per request; the draft
+        part reads SGLang's tree mask on the device (:mod:`deft_sglang.verify`)."""
+        found = verify_input(forward_batch)
+        if found is None or mask_mode(self.inner) is None:
+            return None
+        draft_len = found[1]
+        if graph and self.graphs.verify.draft_len != draft_len:
+            return None
+        self.reuse.forget()  # verify steps grow by the accepted tokens: never advanced in place
+        from .patches.forward_batch import ATTR
+
+        view = decode_batch_view(forward_batch, getattr(forward_batch, ATTR, None))
+        if view is None:
+            return None
+        info, rows, seq_lens = view
+        forest = chain_forest(rows, seq_lens) if info is None else read_decode_forest(
+            info.reqs, rows, seq_lens, info.tree_cache, self.req_to_token,
+            verify=self.config.verify_tree, min_tail=0)
+        step = self._plan_forest(forest, forward_batch.batch_size, draft_len=draft_len)
+        if not graph:  # graphs read the mask from the inner's fixed buffer
+            step.draft = draft_mask(forward_batch, self.inner)
+        return step
+
+    def _plan_forest(self, forest: DecodeForest, batch_size: int, tail_slack: int = 0,
+                     draft_len: int = 0) -> DeftStep:
         num_slots, elem_bytes = pool_geometry(self.token_to_kv_pool)
-        plan = plan_tree_attention(
-            forest.node_parent, forest.node_kv_indptr, forest.gather_kv_indices(self.req_to_token),
-            forest.query_node, num_qo_heads=self.q_heads, num_kv_heads=self.kv_heads,
-            head_dim=self.head_dim, device=self.device, validate=self.config.validate_plan,
-            num_slots=num_slots, kv_elem_bytes=elem_bytes, tail_slack=tail_slack)
+        kwargs = dict(num_qo_heads=self.q_heads, num_kv_heads=self.kv_heads,
+                      head_dim=self.head_dim, device=self.device,
+                      validate=self.config.validate_plan, num_slots=num_slots,
+                      kv_elem_bytes=elem_bytes)
+        arrays = (forest.node_parent, forest.node_kv_indptr,
+                  forest.gather_kv_indices(self.req_to_token), forest.query_node)
+        if draft_len:
+            plan = plan_tree_verify(*arrays, draft_len=draft_len, **kwargs)
+        else:
+            plan = plan_tree_attention(*arrays, tail_slack=tail_slack, **kwargs)
         self.steps += 1
         self.last_stats = log_plan_stats(self.steps, plan, forest, batch_size) or self.last_stats
-        return DeftStep(plan, forest, batch_size)
+        return DeftStep(plan, forest, batch_size, draft_len=draft_len)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
@@ -280,108 +322,54 @@ class DeftAttnBackend(AttentionBackend):
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
-        """Extend / prefill: the inner backend."""
+        """Extend / prefill: the inner backend; a planned target-verify step: DeFT."""
+        step = self._step
+        if (step is not None and step.draft_len) or self._graph_verify:
+            reason = layer_unsupported_reason(layer, self.q_heads, self.kv_heads, self.head_dim,
+                                              kwargs)
+            if reason is None and self._graph_verify:  # a capture: no fallback once recorded
+                return self._deft_verify(None, q, k, v, layer, forward_batch, save_kv_cache)
+            if reason is None:
+                try:
+                    return self._deft_verify(step, q, k, v, layer, forward_batch, save_kv_cache)
+                except Exception as exc:
+                    self._step, self.reason = None, f"verify kernel failure ({exc})"
+                    warn_once(f"verify:{type(exc).__name__}", "DeFT: verify kernel failed (%s: "
+                              "%s); verification continues with the stock %s kernel.",
+                              type(exc).__name__, exc, self.inner_name)
+                    logger.debug("DeFT verify failure", exc_info=True)
+            else:
+                self._graph_uses_inner |= self._graph_verify
+                warn_once(f"layer:{reason}", "DeFT: %s is not supported; such layers verify with "
+                          "the stock %s kernel.", reason, self.inner_name)
+            if not self._inner_ready:
+                self.inner.init_forward_metadata(forward_batch)
+                self._inner_ready = True
         return self.inner.forward_extend(q, k, v, layer, forward_batch,
                                          save_kv_cache=save_kv_cache, **kwargs)
 
+    @torch.compiler.disable
+    def _deft_verify(self, step: Optional[DeftStep], q, k, v, layer, forward_batch,
+                     save_kv_cache):
+        """One layer of DeFT tree verification: with ``step``'s plan and mask, or (None) with the
+        graph workspace, the fixed draft buffers and the inner's fixed mask buffer."""
+        if save_kv_cache and k is not None and v is not None:
+            self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc), k, v)
+        q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+        out = q3.new_empty((q3.shape[0], layer.tp_q_head_num, layer.v_head_dim))
+        k_cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+        v_cache = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        slots = forward_batch.out_cache_loc
+        if step is None:
+            extra = self.graphs.verify.run_draft(q3, k_cache, v_cache, slots,
+                                                 self.inner.verify_mask.buffer, layer.scaling)
+            self.graphs.workspace.run(q3, k_cache, v_cache, out, sm_scale=layer.scaling,
+                                      extra=extra)
+        else:
+            mask = step.draft
+            step.plan.run(q3, k_cache, v_cache, slots, mask.mask, mask.offsets, mask.strides,
+                          sm_scale=layer.scaling, out=out, check=self.steps <= 1)
+        return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
+
     def forward_mixed(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True):
         return self.inner.forward_mixed(q, k, v, layer, forward_batch, save_kv_cache)
-
-    # ---- CUDA graphs ----------------------------------------------------------------------------
-    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        """Inner graph state (extend graphs, fallbacks), plus DeFT's decode-graph workspace."""
-        result = self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
-        if self.reason is None and self.config.cuda_graph == "on":
-            self.graphs = create_decode_graphs(self, max_bs)
-        elif self.reason is None:
-            warn_once("graphs", "DeFT: decode batches replayed from CUDA graphs use the stock %s "
-                      "kernel (DEFT_CUDA_GRAPH=%s).", self.inner_name, self.config.cuda_graph)
-        return result
-
-    def deft_prepare_graph_replay(self, forward_batch) -> bool:
-        """Plan a decode step SGLang is about to replay from a graph (``graph_runner`` patch,
-        with the full batch); False: its plan does not fit, so SGLang runs it eagerly."""
-        if self.graphs is None or not forward_batch.forward_mode.is_decode():
-            return True  # the captured graph holds the inner kernel, or this is not decode
-        if self.graphs.pending:  # the last offer was never replayed: the workspace lags behind
-            self.reuse.forget()
-        step = self._plan_or_none(forward_batch, any_size=True, graph=True)
-        if step is not None and self.graphs.offer(forward_batch.out_cache_loc, step):
-            return True
-        self.reuse.forget()  # this step runs eagerly: the workspace will not follow the plan
-        return False
-
-    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
-        """Before a graph's capture or replay: DeFT's decode graphs load their step's plan."""
-        decode = self.graphs is not None and forward_batch.forward_mode.is_decode()
-        self._step, self._inner_ready, self._graph_decode = None, True, decode and in_capture
-        if not decode:
-            return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
-        if in_capture:  # no tree yet: an empty work list (padding rows read nothing)
-            self.graphs.workspace.load_empty()
-            return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture=True)
-        self.monitor.timer.start()
-        step = self.graphs.take(forward_batch.out_cache_loc)
-        if step is None:  # replay not announced through can_run_graph: read plain chains
-            self.reuse.forget()
-            step = self._plan_forest(view_chain_forest(forward_batch), forward_batch.batch_size)
-        if step.new_slots is not None:  # the same batch one token on: advance the workspace
-            ws = self.graphs.workspace
-            step.plan.extend_tails(step.new_slots, ws.kv_indices, ws.items)
-        else:
-            self.graphs.workspace.load(step.plan)  # raises if the chain plan does not fit
-        if self._graph_uses_inner:
-            self.inner.init_forward_metadata_out_graph(forward_batch)
-        self._step_done(step)
-        return None
-
-    def init_forward_metadata_in_graph(self, forward_batch):
-        return self.inner.init_forward_metadata_in_graph(forward_batch)
-
-    def get_cuda_graph_seq_len_fill_value(self):
-        return self.inner.get_cuda_graph_seq_len_fill_value()
-
-    def on_after_cuda_graph_warmup(self):
-        return self.inner.on_after_cuda_graph_warmup()
-
-    def draft_extend_metadata_captured_in_graph(self) -> bool:
-        return self.inner.draft_extend_metadata_captured_in_graph()
-
-    @property
-    def use_captured_forward_metadata_for_breakable_cuda_graph(self) -> bool:
-        return self.inner.use_captured_forward_metadata_for_breakable_cuda_graph
-
-    @property
-    def supports_full_cuda_graph_chunked_prefix(self) -> bool:
-        return self.inner.supports_full_cuda_graph_chunked_prefix
-
-    @property
-    def supports_ragged_verify_graph(self) -> bool:
-        return self.inner.supports_ragged_verify_graph
-
-    def prepare_full_cuda_graph_chunked_prefix(self, forward_batch, *, in_capture: bool) -> None:
-        return self.inner.prepare_full_cuda_graph_chunked_prefix(forward_batch,
-                                                                 in_capture=in_capture)
-
-    def init_forward_metadata_for_breakable_cuda_graph_capture(self, forward_batch):
-        self._step, self._inner_ready = None, True
-        return self.inner.init_forward_metadata_for_breakable_cuda_graph_capture(forward_batch)
-
-    def prepare_forward_metadata_for_breakable_cuda_graph_replay(
-            self, capture_metadata, forward_batch, *, static_forward_batch=None) -> None:
-        self._step, self._inner_ready = None, True
-        return self.inner.prepare_forward_metadata_for_breakable_cuda_graph_replay(
-            capture_metadata, forward_batch, static_forward_batch=static_forward_batch)
-
-    @property
-    def verify_mask(self):
-        return self.inner.verify_mask
-
-    def update_verify_buffers_to_fill_after_draft(self, spec_info, cuda_graph_bs):
-        return self.inner.update_verify_buffers_to_fill_after_draft(spec_info, cuda_graph_bs)
-
-    def support_triton(self):
-        return self.inner.support_triton()
-
-    def get_indexer_metadata(self, layer_id: int, forward_batch):
-        return self.inner.get_indexer_metadata(layer_id, forward_batch)

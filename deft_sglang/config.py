@@ -29,6 +29,10 @@ Variable                                Default    Meaning
                                                    tail, so the next decode steps of an unchanged
                                                    batch reuse the plan (advanced on the GPU)
                                                    instead of re-planning; 0: plan every step.
+``DEFT_SPEC_VERIFY``                    ``1``      Speculative decoding (EAGLE, EAGLE3,
+                                                   STANDALONE): the target model's tree-verify
+                                                   forwards run DeFT (the draft model keeps a
+                                                   stock backend); 0: stock attention throughout.
 ``DEFT_SHADOW_CHECK``                   ``0``      Also run the stock kernel on every DeFT decode
                                                    layer and keep the largest difference (slow;
                                                    logged every ``DEFT_STATS_INTERVAL`` steps).
@@ -127,6 +131,8 @@ class DeftConfig:
         Smallest decode batch DeFT handles.
     tail_slack : int
         Decode steps a plan may be reused for while its batch only grows (0: never).
+    spec_verify : bool
+        Serve speculative decoding's target-verify forwards with DeFT.
     shadow_check : bool
         Compare every DeFT decode layer with the stock kernel (debugging, evidence).
     stats_interval : int
@@ -144,6 +150,7 @@ class DeftConfig:
     validate_plan: bool = False
     min_batch_size: int = 1
     tail_slack: int = 32
+    spec_verify: bool = True
     shadow_check: bool = False
     stats_interval: int = 0
     log_level: Optional[str] = None
@@ -176,6 +183,7 @@ class DeftConfig:
             validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
             tail_slack=_get_int(env, "DEFT_TAIL_SLACK", 32, 0),
+            spec_verify=_get_bool(env, "DEFT_SPEC_VERIFY", True),
             shadow_check=_get_bool(env, "DEFT_SHADOW_CHECK", False),
             stats_interval=_get_int(env, "DEFT_STATS_INTERVAL", 0, 0),
             log_level=_get_choice(env, "DEFT_LOG_LEVEL", "", LOG_LEVELS) or None,

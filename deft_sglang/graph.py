@@ -47,9 +47,10 @@ class GraphCapacity:
 
 
 def graph_capacity(max_bs: int, num_slots: Optional[int], q_heads: int, head_dim: int,
-                   partial_elem_bytes: int, workspace_mb: int, tail_slack: int = 0
-                   ) -> GraphCapacity:
-    """Workspace sizes for decode graphs of up to ``max_bs`` requests.
+                   partial_elem_bytes: int, workspace_mb: int, tail_slack: int = 0,
+                   max_queries: int = 0) -> GraphCapacity:
+    """Workspace sizes for decode graphs of up to ``max_bs`` requests (``max_queries`` query
+    tokens: ``max_bs`` for decode, ``max_bs * T`` for verify graphs; 0: ``max_bs``).
 
     Slot indices: every node of a forest holds distinct KV-pool slots, except requests read as
     unshared chains (a fallback), which may repeat shared ones; twice the pool covers both, plus
@@ -59,10 +60,11 @@ def graph_capacity(max_bs: int, num_slots: Optional[int], q_heads: int, head_dim
     """
     if max_bs < 1:
         raise ValueError(f"max_bs must be >= 1, got {max_bs}")
+    max_queries = max(max_queries, max_bs)
     per_partial = q_heads * (head_dim * partial_elem_bytes + 4)
-    max_partials = max((workspace_mb << 20) // per_partial, 8 * max_bs)
+    max_partials = max((workspace_mb << 20) // per_partial, 8 * max_queries)
     max_kv_tokens = (2 * num_slots if num_slots else max_bs * 32768) + max_bs * tail_slack
-    return GraphCapacity(max_queries=max_bs, max_items=MAX_WORK_ITEMS,
+    return GraphCapacity(max_queries=max_queries, max_items=MAX_WORK_ITEMS,
                          max_kv_tokens=max_kv_tokens, max_partials=int(max_partials))
 
 
@@ -76,6 +78,7 @@ class DecodeGraphs:
 
     def __init__(self, workspace: StaticTreeAttention):
         self.workspace = workspace
+        self.verify = None  # deft_sglang.verify.VerifyBuffers when verify graphs run DeFT
         self._pending: Optional[tuple[Any, Any]] = None
         self.replays = 0
         self.refused = 0
@@ -83,11 +86,13 @@ class DecodeGraphs:
     @classmethod
     def create(cls, *, max_bs: int, num_slots: Optional[int], q_heads: int, kv_heads: int,
                head_dim: int, dtype: torch.dtype, device, workspace_mb: int,
-               config: Optional[PlannerConfig] = None, tail_slack: int = 0) -> "DecodeGraphs":
-        """Allocate the workspace for graphs of up to ``max_bs`` requests."""
+               config: Optional[PlannerConfig] = None, tail_slack: int = 0,
+               max_queries: int = 0) -> "DecodeGraphs":
+        """Allocate the workspace for graphs of up to ``max_bs`` requests (``max_queries``
+        query tokens, see :func:`graph_capacity`)."""
         elem = 4 if dtype == torch.float32 else 2
         capacity = graph_capacity(max_bs, num_slots, q_heads, head_dim, elem, workspace_mb,
-                                  tail_slack)
+                                  tail_slack, max_queries)
         workspace = StaticTreeAttention(**capacity.as_kwargs(), num_qo_heads=q_heads,
                                         num_kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
                                         device=device, config=config)
@@ -103,7 +108,7 @@ class DecodeGraphs:
     def offer(self, key: Any, step: Any) -> bool:
         """Keep ``step`` (with ``.plan``) for the replay of the batch whose ``out_cache_loc`` is
         ``key``; False (and nothing kept) when its plan does not fit the workspace."""
-        if not self.workspace.fits(step.plan):
+        if not self.workspace.fits(step.plan.prefix if step.draft_len else step.plan):
             self._pending = None
             self.refused += 1
             return False
@@ -140,9 +145,12 @@ def view_chain_forest(view) -> DecodeForest:
                         host_ints(seq_lens[:raw_bs]))
 
 
-def create_decode_graphs(backend, max_bs: int) -> Optional[DecodeGraphs]:
+def create_decode_graphs(backend, max_bs: int, max_tokens: int = 0) -> Optional[DecodeGraphs]:
     """The decode-graph workspace of ``backend``, compiled once; None (graphs then replay the
-    inner kernel, with one warning) when the graph patch is missing or the kernels fail."""
+    inner kernel, with one warning) when the graph patch is missing or the kernels fail.
+    ``max_tokens`` > ``max_bs``: the graphs are target-verify graphs of ``max_tokens // max_bs``
+    draft tokens per request (:mod:`deft_sglang.verify`)."""
+    from .verify import create_verify_buffers
     from .patches import graph_runner
 
     try:
@@ -155,7 +163,8 @@ def create_decode_graphs(backend, max_bs: int) -> Optional[DecodeGraphs]:
             max_bs=max_bs, num_slots=num_slots, q_heads=backend.q_heads,
             kv_heads=backend.kv_heads, head_dim=backend.head_dim, dtype=dtype,
             device=backend.device, workspace_mb=backend.config.graph_workspace_mb,
-            tail_slack=backend.config.tail_slack)
+            tail_slack=backend.config.tail_slack, max_queries=max_tokens)
+        graphs.verify = create_verify_buffers(backend, max_bs, max_tokens)
         if getattr(pool, "k_buffer", None):  # compile now: a failure shows before any capture
             graphs.warm_up(pool.k_buffer[0], pool.v_buffer[0])
     except Exception as exc:

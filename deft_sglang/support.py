@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 
 SUPPORTED_POOLS = ("MHATokenToKVPool",)
+# Speculative algorithms whose target-verify forwards carry an EagleVerifyInput (tree mask).
+VERIFY_ALGORITHMS = ("EAGLE", "EAGLE3", "STANDALONE")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -38,11 +40,28 @@ def _attention_reason(model_runner) -> Optional[str]:
     return None
 
 
+def speculative_reason(server_args, is_draft_worker: bool = False) -> Optional[str]:
+    """Why DeFT cannot serve this speculative-decoding setup (None: not speculative, or an
+    algorithm whose target-verify forwards DeFT serves)."""
+    spec = getattr(server_args, "speculative_algorithm", None)
+    if spec in (None, "", "NONE"):
+        return None
+    spec = str(getattr(spec, "name", spec)).upper()
+    if is_draft_worker:
+        return f"the draft model of speculative decoding ({spec})"
+    if spec not in VERIFY_ALGORITHMS:
+        return f"speculative decoding ({spec}; DeFT verifies {', '.join(VERIFY_ALGORITHMS)})"
+    from .config import get_config
+    if not get_config().spec_verify:
+        return f"speculative decoding ({spec}) with DEFT_SPEC_VERIFY=0"
+    return None
+
+
 def _serving_reason(model_runner) -> Optional[str]:
     server_args = getattr(model_runner, "server_args", None)
-    spec = getattr(server_args, "speculative_algorithm", None)
-    if spec not in (None, "", "NONE"):
-        return f"speculative decoding ({spec})"
+    reason = speculative_reason(server_args, bool(getattr(model_runner, "is_draft_worker", False)))
+    if reason:
+        return reason
     # Both split a decode batch into micro-batches (or attention streams) whose metadata SGLang
     # prepares apart from the batch DeFT planned; untested with DeFT's graph hand-off.
     if getattr(server_args, "enable_two_batch_overlap", False):

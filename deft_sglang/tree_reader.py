@@ -140,7 +140,7 @@ def tree_cache_supported(tree_cache) -> bool:
                for cls in (type(tree_cache),))
 
 
-def _radix_path(req, row: int, seq_len: int, root, known: dict):
+def _radix_path(req, row: int, seq_len: int, root, known: dict, min_tail: int = 1):
     """(anchor, path, reason) for ``req``'s cached prefix, or a fallback reason.
 
     ``path`` lists the nodes root-first as ``(node, start, end)`` below ``anchor``, the
@@ -168,8 +168,9 @@ def _radix_path(req, row: int, seq_len: int, root, known: dict):
         end = depth + int(node.value.shape[0])
         path.append((node, depth, end))
         depth = end
-    if depth > seq_len - 1:
-        return None, [], "cached prefix not shorter than the sequence"
+    if depth > seq_len - min_tail:
+        return None, [], ("cached prefix not shorter than the sequence" if min_tail
+                          else "cached prefix longer than the sequence")
     prefix = getattr(req, "prefix_indices", None)
     if prefix is not None and depth > prefix.shape[0]:
         return None, [], "tree prefix longer than the request's prefix"
@@ -187,7 +188,7 @@ def _path_matches_row(path, row: int, req_to_token: torch.Tensor) -> bool:
 
 def read_decode_forest(reqs: Sequence, req_pool_indices: Sequence[int], seq_lens: Sequence[int],
                        tree_cache=None, req_to_token: Optional[torch.Tensor] = None,
-                       verify: bool = False) -> DecodeForest:
+                       verify: bool = False, min_tail: int = 1) -> DecodeForest:
     """Build the batch's KV forest from the requests' RadixCache paths.
 
     Parameters
@@ -198,6 +199,9 @@ def read_decode_forest(reqs: Sequence, req_pool_indices: Sequence[int], seq_lens
     tree_cache : the scheduler's prefix cache; unsupported types read every request as a chain.
     req_to_token : needed only with ``verify``.
     verify : compare every path node's value with the request's own row.
+    min_tail : tokens each request must hold past its cached prefix: 1 for decode (the token
+        decoded now), 0 for a verify forward (``seq_lens`` are committed lengths, and the
+        draft tokens are not in the forest).
 
     Returns
     -------
@@ -214,7 +218,7 @@ def read_decode_forest(reqs: Sequence, req_pool_indices: Sequence[int], seq_lens
         if root is not None and req is not None:
             # verify checks every node against this request's row: walk whole paths then
             anchor, path, reason = _radix_path(req, row, seq_len, root,
-                                               {} if verify else builder.added)
+                                               {} if verify else builder.added, min_tail)
             if reason is None and verify and path and req_to_token is not None \
                     and not _path_matches_row(path, row, req_to_token):
                 reason = "node value differs from req_to_token"

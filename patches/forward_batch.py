@@ -2,7 +2,8 @@
 
 ``ForwardBatch.init_new(batch: ScheduleBatch, model_runner, ...)`` is the last place that sees
 the ScheduleBatch (``reqs``, ``tree_cache``) before the attention backend's
-``init_forward_metadata`` runs in the same scheduler step. For decode batches the wrapper
+``init_forward_metadata`` runs in the same scheduler step. For decode (and speculative
+target-verify) batches the wrapper
 attaches a :class:`DeftBatchInfo` snapshot as ``forward_batch.deft_batch_info``. It does so only
 in processes where a DeFT backend exists (``set_capture(True)``), so SGLang processes that merely
 have the plugin installed pay nothing. A ForwardBatch built any other way (split, padded,
@@ -24,7 +25,7 @@ _state = {"capture": False}
 
 @dataclass(frozen=True)
 class DeftBatchInfo:
-    """What the DeFT backend needs from the ScheduleBatch of a decode step.
+    """What the DeFT backend needs from the ScheduleBatch of a decode (or verify) step.
 
     Attributes
     ----------
@@ -64,7 +65,8 @@ def set_capture(enabled: bool) -> None:
 def _make_init_new(original):
     def init_new(cls, batch, model_runner, *args, **kwargs):
         forward_batch = original(cls, batch, model_runner, *args, **kwargs)
-        if _state["capture"] and forward_batch.forward_mode.is_decode():
+        mode = forward_batch.forward_mode
+        if _state["capture"] and (mode.is_decode() or mode.is_target_verify()):
             try:
                 setattr(forward_batch, ATTR, capture(batch))
             except Exception:  # never break SGLang over an optimisation

@@ -79,12 +79,29 @@ def apply_graph_policy(server_args) -> bool:
     return True
 
 
+def select_draft_backend(server_args) -> bool:
+    """Speculative decoding with DeFT: the draft model gets the stock fallback backend (DeFT
+    serves the target's verify forwards; SGLang's draft workers accept stock backends only).
+    True when something changed."""
+    spec = getattr(server_args, "speculative_algorithm", None)
+    if spec in (None, "", "NONE") or not hasattr(server_args, "speculative_draft_attention_backend"):
+        return False
+    if server_args.speculative_draft_attention_backend not in (None, BACKEND_NAME):
+        return False
+    draft = get_config(server_args).fallback_backend
+    _set(server_args, speculative_draft_attention_backend=draft)
+    logger.info("DeFT: the speculative draft model uses the %s backend; DeFT verifies.", draft)
+    return True
+
+
 def adjust(server_args) -> None:
-    """Post-resolution adjustment: enabled -> select DeFT; DeFT decodes -> graph policy."""
+    """Post-resolution adjustment: enabled -> select DeFT; DeFT decodes -> graph policy (and the
+    draft model's backend under speculative decoding)."""
     if get_config().enable:
         select_deft(server_args)
     if deft_decodes(server_args):
         apply_graph_policy(server_args)
+        select_draft_backend(server_args)
 
 
 def _make_post_init(original):
@@ -94,6 +111,7 @@ def _make_post_init(original):
         result = original(self, *args, **kwargs)
         if deft_decodes(self):
             apply_graph_policy(self)
+            select_draft_backend(self)
             logger.log(logging.DEBUG, "DeFT: server args prefill/decode = %s",
                        self.get_attention_backends())
         return result

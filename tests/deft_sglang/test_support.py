@@ -24,6 +24,9 @@ def runner(**overrides):
 
 def test_supported_model():
     assert model_unsupported_reason(runner()) is None
+    # EAGLE-style speculative decoding: DeFT serves the target model's verify forwards
+    eagle = types.SimpleNamespace(speculative_algorithm="EAGLE")
+    assert model_unsupported_reason(runner(server_args=eagle)) is None
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -31,7 +34,9 @@ def test_supported_model():
     (dict(model_config=types.SimpleNamespace(is_encoder_decoder=True, head_dim=128)), "cross"),
     (dict(sliding_window_size=4096), "sliding-window"),
     (dict(model_config=types.SimpleNamespace(is_encoder_decoder=False, head_dim=72)), "head_dim"),
-    (dict(server_args=types.SimpleNamespace(speculative_algorithm="EAGLE")), "speculative"),
+    (dict(server_args=types.SimpleNamespace(speculative_algorithm="NGRAM")), "speculative"),
+    (dict(server_args=types.SimpleNamespace(speculative_algorithm="EAGLE"),
+          is_draft_worker=True), "draft model"),
     (dict(server_args=types.SimpleNamespace(speculative_algorithm=None,
                                             enable_two_batch_overlap=True)), "two-batch"),
     (dict(server_args=types.SimpleNamespace(speculative_algorithm=None, enable_pdmux=True)),

@@ -198,3 +198,28 @@ def test_select_deft_rules():
     assert not sa_patch.select_deft(args) and sa_patch.deft_decodes(args)
     args = make(attention="triton", decode="fa3")
     assert sa_patch.select_deft(args) and args.decode_attention_backend == "deft"
+
+
+def test_speculative_draft_model_gets_the_stock_backend(monkeypatch):
+    """DeFT verifies; SGLang's draft workers take stock backends only, so the draft model gets
+    DeFT's fallback backend unless the user named one."""
+    import types
+
+    monkeypatch.delenv("DEFT_FALLBACK_BACKEND", raising=False)
+
+    def make(spec="EAGLE", draft=None, attention="deft"):
+        return types.SimpleNamespace(speculative_algorithm=spec, attention_backend=attention,
+                                     speculative_draft_attention_backend=draft)
+    args = make()
+    assert sa_patch.select_draft_backend(args)
+    assert args.speculative_draft_attention_backend == "triton"
+    args = make(draft="fa3")
+    assert not sa_patch.select_draft_backend(args)
+    assert args.speculative_draft_attention_backend == "fa3"
+    args = make(spec=None)
+    assert not sa_patch.select_draft_backend(args)
+    assert args.speculative_draft_attention_backend is None
+    monkeypatch.setenv("DEFT_FALLBACK_BACKEND", "flashinfer")
+    args = make(draft="deft")
+    assert sa_patch.select_draft_backend(args)
+    assert args.speculative_draft_attention_backend == "flashinfer"
