@@ -243,6 +243,8 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
         step = self._plan_forest(forest, forward_batch.batch_size, draft_len=draft_len)
         if not graph:  # graphs read the mask from the inner's fixed buffer
             step.draft = draft_mask(forward_batch, self.inner)
+        info_once("verify", "DeFT verifies speculative draft trees (%d draft tokens per request).",
+                  draft_len)
         return step
 
     def _plan_forest(self, forest: DecodeForest, batch_size: int, tail_slack: int = 0,

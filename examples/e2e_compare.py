@@ -57,6 +57,7 @@ LAUNCH_ENV = {"deft": {"DEFT_STATS_INTERVAL": "200"},
               "deft_shadow": {"DEFT_SHADOW_CHECK": "1", "DEFT_STATS_INTERVAL": "20"}}
 LOG_MARKERS = {"deft_active_logged": "DeFT tree attention active",
                "deft_graphs_logged": "DeFT decodes inside CUDA graphs",
+               "deft_verify_logged": "DeFT verifies speculative draft trees",
                "host_time_line": "DeFT host time per decode step",
                "shadow_check_line": "DeFT shadow check"}
 THROUGHPUT_LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_eager")
