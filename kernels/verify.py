@@ -179,13 +179,15 @@ class TreeVerifyPlan:
     _buffers: dict = field(default_factory=dict)
 
     def stats(self) -> dict:
-        """The prefix plan's ``stats()`` plus ``draft_len``."""
+        """The prefix plan's ``stats()`` (KV token counts cover the committed forest only; the
+        draft part reads ``draft_len`` more tokens per request) plus ``draft_len``."""
         return dict(self.prefix.stats(), draft_len=self.draft_len)
 
     def _extra(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (q.dtype, q.shape)
         if key not in self._buffers:
-            self._buffers[key] = (torch.empty_like(q),
+            dtype = torch.float32 if self.prefix.config.fp32_partials else q.dtype
+            self._buffers[key] = (torch.empty(q.shape, dtype=dtype, device=q.device),
                                   torch.empty(q.shape[:2], dtype=torch.float32, device=q.device))
         return self._buffers[key]
 
@@ -194,13 +196,21 @@ class TreeVerifyPlan:
             mask_offsets: torch.Tensor | None = None, mask_strides: torch.Tensor | None = None,
             sm_scale: float | None = None, out: torch.Tensor | None = None,
             check: bool = True) -> torch.Tensor:
-        """Verify attention of every draft token; see :func:`tree_verify_attention`."""
+        """Verify attention of every draft token; see :func:`tree_verify_attention`.
+
+        ``mask_offsets``/``mask_strides`` (int64 [R], on q's device) locate each request's rows
+        in a flat ``draft_mask`` (default: dense ``[R, T, T]``); they are not range-checked
+        (that would need a device sync), so they must stay inside ``draft_mask``.
+        """
         if check:
             _check_draft(self, q, draft_slots, draft_mask, mask_offsets, mask_strides)
         sm_scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
-        if mask_offsets is None:
-            mask_offsets, mask_strides = dense_mask_layout(self.num_requests, self.draft_len,
-                                                           q.device)
+        if mask_offsets is None:  # a dense [R, T, T] mask: its layout, made once per plan
+            key = ("dense", q.device)
+            if key not in self._buffers:
+                self._buffers[key] = dense_mask_layout(self.num_requests, self.draft_len,
+                                                       q.device)
+            mask_offsets, mask_strides = self._buffers[key]
         extra = self._extra(q)
         launch_draft_attention(q, k_cache, v_cache, draft_slots, draft_mask, mask_offsets,
                                mask_strides, self.draft_len, *extra, sm_scale)
