@@ -14,6 +14,10 @@
 #   e2e8b   examples/e2e_compare.py on llama3-8b-shape: deft, stock, stock_flashinfer, full grid
 #   fuzz    the kernel fuzz suite with 10,000 cases
 #   kernels benchmarks/bench_kernels.py --quick
+#   vtests  the tree-verification tests (kernels and backend), GPU-marked ones included
+#   verify  benchmarks/bench_verify.py (verify attention: DeFT vs SGLang Triton vs FlashInfer)
+#   tp      benchmarks/tp_e2e.sh with --tp 2 (needs two GPUs; TP_GRID overrides its grid)
+#   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
 set -u
 WORK=${1:?usage: gpu_checks.sh WORK [STEP ...]}
 shift
@@ -46,6 +50,11 @@ for step in $STEPS; do
     fuzz) run fuzz 1500 env DEFT_FUZZ_EXAMPLES=10000 python3 -m pytest tests/kernels/test_fuzz.py \
               -q -p no:cacheprovider ;;
     kernels) run kernels 900 python3 benchmarks/bench_kernels.py --out "$WORK/kernels" --quick ;;
+    vtests) run vtests 600 python3 -m pytest tests/kernels/test_verify.py \
+                tests/deft_sglang/test_verify.py -q -p no:cacheprovider ;;
+    verify) run verify 600 python3 benchmarks/bench_verify.py --out "$WORK/verify" ;;
+    tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" 2 ;;
+    spec) run spec 1200 bash benchmarks/spec_e2e.sh "$MODELS" "$WORK/spec" ;;
     *) echo "unknown step $step" >> "$WORK/progress" ;;
     esac
 done

@@ -8,6 +8,7 @@
 # (--attention-backend deft) servers with --tp N, decode CUDA graphs on, dummy weights; 200 forked
 # greedy requests compared token by token, and the few-shot fan-out throughput grid. Results:
 # OUT_DIR/tpN/e2e.json (exit status 1 when a comparison fails). NVLink multicast stays off.
+# TP_GRID='prefixes:widths' overrides the throughput grid (default 1024,8192:16,64).
 set -uo pipefail
 MODELS=${1:?usage: tp_e2e.sh MODELS_DIR OUT_DIR [TP ...]}
 OUT=${2:?usage: tp_e2e.sh MODELS_DIR OUT_DIR [TP ...]}
@@ -24,7 +25,7 @@ for tp in $TPS; do
     fi
     echo "== tp $tp"
     python3 "$HERE/examples/e2e_compare.py" --model-path "$MODELS/llama3-8b-shape" \
-        --out "$OUT/tp$tp" --launches stock,deft --grid 1024,8192:16,64 \
+        --out "$OUT/tp$tp" --launches stock,deft --grid "${TP_GRID:-1024,8192:16,64}" \
         --parallel-n 0 --unshared 0 \
         --extra-server-args "--tp $tp --sampling-backend pytorch --skip-server-warmup" || status=1
 done
