@@ -15,6 +15,7 @@
 #   fuzz    the kernel fuzz suite with 10,000 cases
 #   kernels benchmarks/bench_kernels.py --quick
 #   vtests  the tree-verification tests (kernels and backend), GPU-marked ones included
+#   tail    the patch, tree-attention and verification test files (with the slowest tests)
 #   verify  benchmarks/bench_verify.py (verify attention: DeFT vs SGLang Triton vs FlashInfer)
 #   tp      benchmarks/tp_e2e.sh with --tp 2 (needs two GPUs; TP_GRID overrides its grid)
 #   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
@@ -33,12 +34,13 @@ run() {  # run STEP TIMEOUT COMMAND...: log, bound, record the exit status
     shift 2
     echo "$(date -u +%H:%M:%S) start $step" >> "$WORK/progress"
     timeout "$limit" "$@" > "$WORK/$step.log" 2>&1
-    echo "$(date -u +%H:%M:%S) done $step rc=$?" >> "$WORK/progress"
+    local rc=$?  # before any other command (a $(date) would reset $?); 124: timed out
+    echo "$(date -u +%H:%M:%S) done $step rc=$rc" >> "$WORK/progress"
 }
 
 for step in $STEPS; do
     case $step in
-    tests) run tests 900 python3 -m pytest tests -q -p no:cacheprovider ;;
+    tests) run tests 1500 python3 -m pytest tests -q -p no:cacheprovider --durations=25 ;;
     graph) run graph 400 python3 benchmarks/bench_graph.py --out "$WORK/graph" --quick ;;
     e2e1b) run e2e1b 1500 python3 examples/e2e_compare.py --model-path "$MODELS/llama-1b-shape" \
                --out "$WORK/e2e1b" --launches deft,deft_module,deft_engine,stock --examples \
@@ -52,6 +54,9 @@ for step in $STEPS; do
     kernels) run kernels 900 python3 benchmarks/bench_kernels.py --out "$WORK/kernels" --quick ;;
     vtests) run vtests 600 python3 -m pytest tests/kernels/test_verify.py \
                 tests/deft_sglang/test_verify.py -q -p no:cacheprovider ;;
+    tail) run tail 600 python3 -m pytest tests/patches tests/kernels/test_tree_attention.py \
+              tests/kernels/test_verify.py tests/deft_sglang/test_verify.py -q \
+              -p no:cacheprovider --durations=15 ;;
     verify) run verify 600 python3 benchmarks/bench_verify.py --out "$WORK/verify" ;;
     tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" 2 ;;
     spec) run spec 1200 bash benchmarks/spec_e2e.sh "$MODELS" "$WORK/spec" ;;
