@@ -343,7 +343,8 @@ def test_shadow_check_and_step_stats(sim_factory, deft_patches, caplog):
     assert any(line.startswith("DeFT shadow check after 2 steps") for line in lines)
     # A wrong result cannot hide: a stock output off by 0.5 shows up as a 0.5 difference.
     deft.monitor.shadow.set_rows(3)
-    deft.monitor.shadow.compare(torch.zeros(3, 4), torch.full((3, 4), 0.5))
+    deft.monitor.shadow.compare(torch.zeros(3, 4, device=sim.device),
+                                torch.full((3, 4), 0.5, device=sim.device))
     assert deft.monitor.shadow.summary()["max_abs_diff"] == 0.5
 
 
