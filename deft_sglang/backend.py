@@ -262,6 +262,8 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
             plan = plan_tree_attention(*arrays, tail_slack=tail_slack, **kwargs)
         self.steps += 1
         self.last_stats = log_plan_stats(self.steps, plan, forest, batch_size) or self.last_stats
+        if self.monitor.interval:
+            self.monitor.plans.add(plan, forest)
         return DeftStep(plan, forest, batch_size, draft_len=draft_len)
 
     # ---- forward -----------------------------------------------------------------------------

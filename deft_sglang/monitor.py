@@ -2,6 +2,8 @@
 
 * :class:`StepTimer` keeps the host time the backend's own code spends per decode step (reading
   the tree and planning, or advancing the last plan; loading the graph workspace) and, every ``DEFT_STATS_INTERVAL`` steps, logs its distribution.
+* :class:`PlanTally`: what the fresh plans read (requests read as unshared chains and why, KV
+  tokens per request vs unique), appended to that log line.
 * :func:`log_plan_stats`: at DEBUG, one line per fresh plan (groups, chunks, unique vs
   per-request KV tokens).
 * :class:`ShadowCheck` (``DEFT_SHADOW_CHECK=1``): every DeFT decode layer also runs the stock
@@ -83,6 +85,33 @@ class ShadowCheck:
         return dict(max_abs_diff=float(self.max_diff.item()), max_abs_stock=float(self.max_ref.item()))
 
 
+class PlanTally:
+    """What the fresh plans read: requests, those read as unshared chains (by reason), and KV
+    tokens per request vs unique. Says whether a server's trees are shared as expected."""
+
+    def __init__(self):
+        self.requests = 0
+        self.chains: dict = {}
+        self.unique_kv = 0
+        self.per_request_kv = 0
+
+    def add(self, plan, forest) -> None:
+        stats = plan.stats()
+        self.requests += int(forest.query_node.shape[0])
+        for reason, count in forest.fallbacks.items():
+            self.chains[reason] = self.chains.get(reason, 0) + count
+        self.unique_kv += int(stats.get("unique_kv_tokens", 0))
+        self.per_request_kv += int(stats.get("per_request_kv_tokens", 0))
+
+    def describe(self) -> str:
+        if not self.requests:
+            return ""
+        chains = sum(self.chains.values())
+        reasons = f" {self.chains}" if chains else ""
+        return (f"; fresh plans read {self.requests} requests, {chains} as unshared chains"
+                f"{reasons}, KV per request / unique {self.per_request_kv / max(self.unique_kv, 1):.2f}x")
+
+
 class Monitor:
     """What the backend records per step; logs every ``interval`` steps (0: never)."""
 
@@ -91,6 +120,7 @@ class Monitor:
         self.timer = StepTimer()
         self.shadow = shadow
         self.steps = 0
+        self.plans = PlanTally()
 
     def step_done(self, note=None) -> None:
         """Count a step; every ``interval`` steps log, with ``note()`` (a str) appended."""
@@ -103,8 +133,9 @@ class Monitor:
         host = self.timer.summary()
         if host:
             logger.info("DeFT host time per decode step over the last %d steps: p50 %.0f us, "
-                        "p90 %.0f us, p99 %.0f us, max %.0f us%s", host["steps"], host["p50_us"],
-                        host["p90_us"], host["p99_us"], host["max_us"], note)
+                        "p90 %.0f us, p99 %.0f us, max %.0f us%s%s", host["steps"], host["p50_us"],
+                        host["p90_us"], host["p99_us"], host["max_us"], note,
+                        self.plans.describe())
         if self.shadow is not None:
             check = self.shadow.summary()
             logger.info("DeFT shadow check after %d steps: max |deft - stock| = %.3g "

@@ -338,8 +338,10 @@ def test_shadow_check_and_step_stats(sim_factory, deft_patches, caplog):
     check = deft.monitor.shadow.summary()
     assert check["max_abs_stock"] > 0 and check["max_abs_diff"] < 2e-3
     lines = [r.getMessage() for r in caplog.records]
-    assert any(line.startswith("DeFT host time per decode step over the last 2 steps")
-               for line in lines)
+    host = [line for line in lines
+            if line.startswith("DeFT host time per decode step over the last 2 steps")]
+    assert host and "fresh plans read 3 requests, 0 as unshared chains" in host[0]  # 1 plan
+    assert "KV per request / unique" in host[0]
     assert any(line.startswith("DeFT shadow check after 2 steps") for line in lines)
     # A wrong result cannot hide: a stock output off by 0.5 shows up as a 0.5 difference.
     deft.monitor.shadow.set_rows(3)
