@@ -29,6 +29,14 @@ mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1
 cd "$HERE" || exit 1
 
+# pytest-xdist, when importable, spreads the tests over worker processes: on a GPU host the suite
+# is bound by Triton compiling each kernel variant, which parallel workers overlap. (Offline
+# hosts: carry .gpu/wheels with pytest-xdist and execnet, `pip install --no-index` them first.)
+PYTEST_WORKERS=()
+if python3 -c "import xdist" 2>/dev/null; then
+    PYTEST_WORKERS=(-n "${DEFT_TEST_WORKERS:-8}")
+fi
+
 run() {  # run STEP TIMEOUT COMMAND...: log, bound, record the exit status
     local step=$1 limit=$2
     shift 2
@@ -40,7 +48,8 @@ run() {  # run STEP TIMEOUT COMMAND...: log, bound, record the exit status
 
 for step in $STEPS; do
     case $step in
-    tests) run tests 1500 python3 -m pytest tests -q -p no:cacheprovider --durations=25 ;;
+    tests) run tests 1500 python3 -m pytest tests -q -p no:cacheprovider --durations=25 \
+               "${PYTEST_WORKERS[@]}" ;;
     graph) run graph 400 python3 benchmarks/bench_graph.py --out "$WORK/graph" --quick ;;
     e2e1b) run e2e1b 1500 python3 examples/e2e_compare.py --model-path "$MODELS/llama-1b-shape" \
                --out "$WORK/e2e1b" --launches deft,deft_module,deft_engine,stock --examples \

@@ -226,3 +226,16 @@ def test_speculative_draft_model_gets_the_stock_backend(monkeypatch):
     args = make(draft="deft")
     assert sa_patch.select_draft_backend(args)
     assert args.speculative_draft_attention_backend == "flashinfer"
+
+
+def test_speculative_server_args_resolve_with_deft(monkeypatch):
+    """A real ServerArgs: STANDALONE tree drafting with --attention-backend deft resolves with
+    DeFT for the target and the stock fallback for the draft model."""
+    monkeypatch.delenv("DEFT_FALLBACK_BACKEND", raising=False)
+    patches.apply_all(owner="t")
+    args = build_server_args(attention_backend="deft", speculative_algorithm="STANDALONE",
+                             speculative_draft_model_path=MODEL, speculative_num_steps=3,
+                             speculative_eagle_topk=4, speculative_num_draft_tokens=16)
+    assert args.get_attention_backends() == ("deft", "deft")
+    assert args.speculative_draft_attention_backend == "triton"
+    assert args.speculative_eagle_topk == 4
