@@ -1,9 +1,11 @@
 """Property-based fuzzing of the kernel contract (hypothesis), and batch invariance."""
+import os
 import random
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from deft_sglang.kernels import (PlannerConfig, plan_tree_attention, tree_attention,
@@ -36,12 +38,23 @@ CONFIG = st.sampled_from([None, PlannerConfig(block_n=16, waves=64.0, min_chunk_
                           PlannerConfig(fixed_chunk_tokens=32)])
 
 
-@settings(max_examples=int(__import__("os").environ.get("DEFT_FUZZ_EXAMPLES", "1000")), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(forest=forests(), hkv=st.sampled_from([1, 2]), group=st.sampled_from([1, 2, 3, 4, 16]),
-       head_dim=st.sampled_from([16, 32, 48]), dtype=st.sampled_from([torch.float16, torch.float32]),
-       config=CONFIG, seed=st.integers(0, 1000))
-def test_fuzz_tree_attention_matches_reference(forest, hkv, group, head_dim, dtype, config, seed):
+# DEFT_FUZZ_EXAMPLES cases in all (1000 in CI); DEFT_FUZZ_SHARDS > 1 splits them into that many
+# tests with their own hypothesis seeds, so that pytest-xdist workers run them side by side (on a
+# GPU the cases are bound by compiling each kernel variant, which workers overlap).
+EXAMPLES = int(os.environ.get("DEFT_FUZZ_EXAMPLES", "1000"))
+SHARDS = int(os.environ.get("DEFT_FUZZ_SHARDS", "1"))
+CASES = given(forest=forests(), hkv=st.sampled_from([1, 2]),
+              group=st.sampled_from([1, 2, 3, 4, 16]), head_dim=st.sampled_from([16, 32, 48]),
+              dtype=st.sampled_from([torch.float16, torch.float32]), config=CONFIG,
+              seed=st.integers(0, 1000))
+
+
+def fuzz_settings(examples: int, derandomize: bool):
+    return settings(max_examples=examples, deadline=None, derandomize=derandomize, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def check_tree_attention_matches_reference(forest, hkv, group, head_dim, dtype, config, seed):
     hq = hkv * group
     q, k, v = random_qkv(forest, len(forest.query_node), hq, hkv, head_dim, dtype, seed=seed)
     args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
@@ -53,6 +66,16 @@ def test_fuzz_tree_attention_matches_reference(forest, hkv, group, head_dim, dty
     stats = plan.stats()
     if config is None and len(forest.query_node) <= 64:  # exact-once up to 64 queries a node
         assert stats["loaded_kv_tokens"] == stats["unique_kv_tokens"]
+
+
+if SHARDS <= 1:
+    test_fuzz_tree_attention_matches_reference = fuzz_settings(EXAMPLES, True)(
+        CASES(check_tree_attention_matches_reference))
+else:
+    for _shard in range(SHARDS):
+        globals()[f"test_fuzz_tree_attention_matches_reference_shard{_shard}"] = fuzz_settings(
+            -(-EXAMPLES // SHARDS), False)(hypothesis_seed(_shard)(
+                CASES(check_tree_attention_matches_reference)))
 
 
 def _join(a: Forest, b: Forest) -> Forest:
