@@ -30,8 +30,10 @@ export PYTHONUNBUFFERED=1
 cd "$HERE" || exit 1
 
 # pytest-xdist, when importable, spreads the tests over worker processes: on a GPU host the suite
-# is bound by Triton compiling each kernel variant, which parallel workers overlap. (Offline
-# hosts: carry .gpu/wheels with pytest-xdist and execnet, `pip install --no-index` them first.)
+# is bound by Triton compiling each kernel variant, which parallel workers overlap. Offline hosts:
+#   here:  pip download --no-deps --only-binary=:all: --python-version 3.12 -d .gpu/wheels \
+#              pytest-xdist execnet
+#   there: carry .gpu/wheels; python3 -m pip install -q --no-deps --no-index .gpu/wheels/*.whl
 PYTEST_WORKERS=()
 if python3 -c "import xdist" 2>/dev/null; then
     PYTEST_WORKERS=(-n "${DEFT_TEST_WORKERS:-8}")
