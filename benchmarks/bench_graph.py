@@ -1,6 +1,7 @@
 """DeFT in CUDA-graph form vs eager, per layer: what SGLang's decode graphs will see.
 
     PYTHONUNBUFFERED=1 python benchmarks/bench_graph.py --out DIR [--quick] [--workloads PAT ...]
+        [--server-shapes] [--deft-config split_launches=true ...]
 
 Per workload (the kernel benchmark's workloads and heads):
 
@@ -35,6 +36,10 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workloads", nargs="*")
     p.add_argument("--time-budget", type=float, default=300.0)
+    p.add_argument("--deft-config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="PlannerConfig overrides, e.g. split_launches=true")
+    p.add_argument("--server-shapes", action="store_true",
+                   help="also the end-to-end runs' decode batches (workloads.server_workloads)")
     return p.parse_args(argv)
 
 
@@ -46,7 +51,7 @@ def caches(w: WL.Workload, device):
     return q, k, v
 
 
-def measure(w: WL.Workload, device) -> dict:
+def measure(w: WL.Workload, device, config=None) -> dict:
     K = H.import_deft()
     h = w.heads
     q, k, v = caches(w, device)
@@ -55,13 +60,14 @@ def measure(w: WL.Workload, device) -> dict:
         return K.plan_tree_attention(w.node_parent, w.node_kv_indptr, w.node_kv_indices,
                                      w.query_node, num_qo_heads=h.num_qo_heads,
                                      num_kv_heads=h.num_kv_heads, head_dim=h.head_dim,
-                                     device=device, validate=False)
+                                     device=device, validate=False, config=config)
     p = plan()
     stats = p.stats()
     static = K.StaticTreeAttention(max_queries=w.num_queries, max_items=1 << 16,
                                    max_kv_tokens=w.num_slots, max_partials=stats["num_partials"] + 64,
                                    num_qo_heads=h.num_qo_heads, num_kv_heads=h.num_kv_heads,
-                                   head_dim=h.head_dim, dtype=h.dtype, device=device)
+                                   head_dim=h.head_dim, dtype=h.dtype, device=device,
+                                   config=config)
     static.load(p)
     eager_out = p.run(q, k, v, check=False)
     out = torch.empty_like(q)
@@ -94,13 +100,16 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     device = torch.device("cuda")
     env = H.env_record(device)
-    chosen = WL.select(WL.full_workloads(quick=args.quick), args.workloads)
+    config = H.planner_config(H.import_deft(), args.deft_config)
+    env["deft_config"] = args.deft_config
+    pool = (WL.server_workloads() if args.server_shapes else []) + WL.full_workloads(args.quick)
+    chosen = WL.select(pool, args.workloads)
     rows, start = [], time.time()
     for w in chosen:
         if time.time() - start > args.time_budget:
             H.log(f"time budget reached; skipping {w.name} and later")
             break
-        row = measure(w.materialize(), device)
+        row = measure(w.materialize(), device, config)
         rows.append(row)
         H.log(" | ".join(f"{label} {H.fmt(row[key], 2) if isinstance(row[key], float) else row[key]}"
                          for key, label in COLUMNS))

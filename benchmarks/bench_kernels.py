@@ -63,22 +63,6 @@ PREPARE = {"sglang_triton": BL.prepare_sglang, "flashinfer_decode": BL.prepare_f
            "flashinfer_cascade": BL.prepare_flashinfer_cascade}
 
 
-def planner_config(K, overrides):
-    if not overrides:
-        return None
-    fields = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        try:
-            fields[key] = int(value)
-        except ValueError:
-            try:
-                fields[key] = float(value)
-            except ValueError:
-                fields[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return K.PlannerConfig(**fields)
-
-
 def make_planner(K, wl, device, config):
     accepted = inspect.signature(K.plan_tree_attention).parameters
     kwargs = dict(num_qo_heads=wl.heads.num_qo_heads, num_kv_heads=wl.heads.num_kv_heads,
@@ -106,7 +90,7 @@ class Runner:
             and not (m.startswith("flashinfer") and args.skip_flashinfer)
             and not (m == "flashinfer_cascade" and args.skip_cascade)]
         self.failed: dict[tuple, str] = {}  # fail_key -> error: don't retry a failed JIT
-        self.config = planner_config(K, args.deft_config)
+        self.config = H.planner_config(K, args.deft_config)
 
     def bench(self, fn):
         t = H.bench(fn, self.device, warmup_ms=25.0, rep_ms=self.rep_ms, cpu_reps=1)

@@ -271,3 +271,20 @@ def plot_bars(path: str, labels: list[str], series: dict[str, list], *, title: s
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return True
+
+
+def planner_config(K, overrides):
+    """A ``PlannerConfig`` from ``KEY=VALUE`` strings (ints, floats, true/false), or None."""
+    if not overrides:
+        return None
+    fields = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        try:
+            fields[key] = int(value)
+        except ValueError:
+            try:
+                fields[key] = float(value)
+            except ValueError:
+                fields[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return K.PlannerConfig(**fields)

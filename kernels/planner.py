@@ -51,6 +51,11 @@ class PlannerConfig:
         many tokens and the merge combines a fixed number of partials per step, so a query's
         result is bit-identical whatever else shares the batch (load balance is then not tuned
         to the batch).
+    split_launches : phase 1 in two launches: items of more than 16 rows (listed first) in the
+        kernel with both row tiles, the rest in the 16-row-tile kernel (fewer registers). Off:
+        the whole work list runs in one kernel, the two-tile one when any item needs it.
+        Results are the same either way (an item of at most 16 rows is computed with the same
+        tiles in both kernels); which is faster is for the GPU benchmarks to say.
     """
 
     block_n: int = 0
@@ -67,6 +72,7 @@ class PlannerConfig:
     fp32_partials: bool = False
     max_floor_over_want: float = 0.0
     fixed_chunk_tokens: int = 0
+    split_launches: bool = False
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -201,6 +207,7 @@ class TreeAttentionPlan:
     _stats: dict = field(default_factory=dict)
     tails: TailSlack | None = None     # set when planned with tail slack (see kernels.tails)
     _workspace: dict = field(default_factory=dict)
+    num_large_items: int = -1          # split_launches: items [0, n) have over 16 rows; else -1
 
     def stats(self) -> dict:
         """IO and shape of the plan (per layer; token counts are per KV head).
@@ -268,10 +275,14 @@ class TreeAttentionPlan:
         if out is None:
             out = torch.empty_like(q)
         partial_out, partial_lse = self._partials(q.dtype)
-        launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
-                                 self.items, partial_out, partial_lse, sm_scale, SMALL_M,
-                                 self.config.small_block_n, self.block_m, self.block_n,
-                                 self.config.num_warps, self.config.num_stages)
+        cfg, split = self.config, self.num_large_items
+        launches = ([(self.items, self.block_m)] if split < 0 else
+                    [(self.items[:, :split], self.block_m), (self.items[:, split:], SMALL_M)])
+        for items, block_m in launches:  # SMALL_M alone: the 16-row-tile kernel only
+            launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
+                                     items, partial_out, partial_lse, sm_scale, SMALL_M,
+                                     cfg.small_block_n, block_m, self.block_n, cfg.num_warps,
+                                     cfg.num_stages)
         launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
                      *self.merge_shape, extra=extra)
         return out
@@ -358,7 +369,10 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
         items[0] += spread.shift[item_node]
         kv_source = spread.apply(kv_source, device)
     cost = items[1] * _cost_per_token(items[3] * group, block_m)
-    order = np.argsort(-cost, kind="stable")  # heaviest first: fewer stragglers
+    large = items[3] * group > SMALL_M
+    # heaviest first: fewer stragglers (per launch: large items first when split)
+    order = (np.lexsort((-cost, ~large)) if config.split_launches
+             else np.argsort(-cost, kind="stable"))
     items = items[:, order]
     rows = items[3] * group
 
@@ -398,4 +412,5 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     return TreeAttentionPlan(num_qo_heads, num_kv_heads, head_dim, layout.num_queries,
                              num_partials, device, kv_indices, query_order, d_items,
                              block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n,
-                             merge_shape, config, stats, tails=tails)
+                             merge_shape, config, stats, tails=tails,
+                             num_large_items=int(large.sum()) if config.split_launches else -1)

@@ -9,8 +9,10 @@ one-program-per-item grid of the eager path.  ``run`` zeroes the counters before
 launch (a memset, captured in the graph with the launch).  The merge runs one program per batch
 row, and rows past the plan's queries own no partial and come out as zeros.
 
-Phase 1 is two persistent launches, and ``load`` gives each step's whole work list to one of
-them: a plan with an item over 16 rows (a shared node) goes to the kernel with both row tiles;
+Phase 1 is two persistent launches over two ranges of the work list. A plan built with
+``PlannerConfig(split_launches=True)`` lists its items of over 16 rows first: they go to the
+kernel with both row tiles, the rest to the 16-row-tile kernel. Otherwise ``load`` gives each
+step's whole work list to one of them: a plan with an item over 16 rows (a shared node) goes to the kernel with both row tiles;
 a plan without one (plain decode, small groups) to the kernel compiled with the 16-row tile
 only, which is what the eager path runs for such plans.  Fewer registers keep more programs
 resident, and those items are memory-bound: on an H200, 256 unshared requests of 1100 tokens
@@ -111,9 +113,13 @@ class StaticTreeAttention:
             raise ValueError("plan exceeds the StaticTreeAttention capacities; run it eagerly")
         num_items, num_queries = plan.items.shape[1], plan.num_queries
         self.items[:, :num_items].copy_(plan.items)
-        small_only = plan.block_m == SMALL_M  # the plan has no item over SMALL_M rows
-        self.item_bounds[0, 1].fill_(0 if small_only else num_items)
-        self.item_bounds[1, 1].fill_(num_items if small_only else 0)
+        if plan.num_large_items >= 0:  # split_launches: large items first, then the rest
+            split = plan.num_large_items
+        else:  # the whole list to one launch: the small-tile one when no item is large
+            split = 0 if plan.block_m == SMALL_M else num_items
+        self.item_bounds[0, 1].fill_(split)
+        self.item_bounds[1, 0].fill_(split)
+        self.item_bounds[1, 1].fill_(num_items)
         self.kv_indices[:plan.kv_indices.shape[0]].copy_(plan.kv_indices)
         self.query_order[:num_queries].copy_(plan.query_order)
         self.merge_indptr[:num_queries + 1].copy_(plan.merge_indptr)

@@ -112,8 +112,28 @@ def test_each_plan_goes_to_the_kernel_its_row_tiles_need():
         plan = plan_for(forest)
         static.load(plan)
         n = plan.items.shape[1]
-        expect = [[0, 0], [0, n]] if small_only else [[0, n], [0, 0]]
+        expect = [[0, 0], [0, n]] if small_only else [[0, n], [n, n]]
         assert static.item_bounds.tolist() == expect
+
+
+def test_split_launches_route_large_and_small_items_and_change_no_result():
+    split = PlannerConfig(split_launches=True)
+    for seed, forest in enumerate(TREES):
+        plan = plan_tree_attention(forest.parent, forest.indptr, forest.indices,
+                                   forest.query_node, num_qo_heads=HQ, num_kv_heads=HKV,
+                                   head_dim=D, device=DEVICE, config=split)
+        q, k, v = random_qkv(forest, len(forest.query_node), HQ, HKV, D, torch.float32,
+                             seed=seed)
+        whole = plan_for(forest).run(q, k, v)
+        assert torch.equal(plan.run(q, k, v), whole)  # the same tiles per item: same bits
+        rows = plan.items[3].cpu() * (HQ // HKV)
+        n, total = plan.num_large_items, plan.items.shape[1]
+        assert bool((rows[:n] > SMALL_M).all()) and bool((rows[n:] <= SMALL_M).all())
+        static = workspace()
+        static.load(plan)
+        assert static.item_bounds.tolist() == [[0, n], [n, total]]
+        out = static.run(q, k, v, torch.empty_like(q))
+        torch.testing.assert_close(out, reference(forest, q, k, v), atol=1e-4, rtol=0)
 
 
 def test_bad_capacity():
