@@ -17,6 +17,7 @@
 #   vtests  the tree-verification tests (kernels and backend), GPU-marked ones included
 #   tail    the patch, tree-attention and verification test files (with the slowest tests)
 #   verify  benchmarks/bench_verify.py (verify attention: DeFT vs SGLang Triton vs FlashInfer)
+#   graphab bench_graph.py on the e2e runs' decode batches, default vs split_launches=true
 #   tp      benchmarks/tp_e2e.sh with --tp 2 (needs two GPUs; TP_GRID overrides its grid)
 #   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
 set -u
@@ -69,6 +70,11 @@ for step in $STEPS; do
               tests/kernels/test_verify.py tests/deft_sglang/test_verify.py -q \
               -p no:cacheprovider --durations=15 ;;
     verify) run verify 600 python3 benchmarks/bench_verify.py --out "$WORK/verify" ;;
+    graphab) run graphab 600 bash -c "python3 benchmarks/bench_graph.py --out '$WORK/graph-base' \
+                 --server-shapes --workloads 'srv*' 'fewshot-4000xb50-g400' 'unshared-128x4096' && \
+                 python3 benchmarks/bench_graph.py --out '$WORK/graph-split' --server-shapes \
+                 --workloads 'srv*' 'fewshot-4000xb50-g400' 'unshared-128x4096' \
+                 --deft-config split_launches=true" ;;
     tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" 2 ;;
     spec) run spec 1200 bash benchmarks/spec_e2e.sh "$MODELS" "$WORK/spec" ;;
     *) echo "unknown step $step" >> "$WORK/progress" ;;
