@@ -7,7 +7,9 @@ retractions). All get the same seeded workload from ``--concurrency`` client thr
 stop inside a shared level, splitting a radix node others decode below; 1-16 greedy branches in
 one /generate call, 8-64 new tokens, top-2 logprobs), every 20th streamed and disconnected after
 1-4 chunks, every 20th (other offset) aborted through /abort_request; mid-traffic, a 1024-way
-fan-out of a 2k prefix and one 32000-token prompt (capped to ``max_position_embeddings``).
+fan-out of a 2k prefix, one 32000-token prompt (capped to ``max_position_embeddings``) and a
+pressure burst (256 requests x 400 new tokens at once, ~127k KV tokens against a 60k pool, so
+that the scheduler retracts and recomputes requests).
 
 No program starts after ``--time-limit`` s; every call has a timeout. Then: wait until nothing
 runs or waits, flush the cache, check the used KV tokens (/v1/loads ``num_used_tokens``) are back
@@ -61,12 +63,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stock-outputs", help="compare with this outputs_stock.json of an earlier "
                    "run (same seed and workload flags) instead of running stock here")
     for flag, default, what in (
-            ("--programs", 1000, "fork programs (+ 2 specials)"), ("--concurrency", 32, "threads"),
+            ("--programs", 1000, "fork programs (+ 3 specials)"), ("--concurrency", 32, "threads"),
             ("--time-limit", 1800.0, "no program starts after this many seconds"),
             ("--request-timeout", 600.0, "s"), ("--launch-timeout", 1200.0, "s"),
             ("--drain-timeout", 300.0, "s for the server to go idle after (<= 60 for its KV)"),
             ("--fanout-width", 1024, "branches"), ("--fanout-prefix", 2048, "tokens"),
-            ("--long-context", 32000, "tokens"), ("--seed", 0, "workload seed")):
+            ("--long-context", 32000, "tokens"),
+            ("--pressure-width", 256, "requests of the pressure burst"),
+            ("--pressure-tokens", 400, "new tokens each (with 96-token prompts: > the pool)"),
+            ("--seed", 0, "workload seed")):
         p.add_argument(flag, type=type(default), default=default, help=what)
     args = p.parse_args(argv)
     args.launches = [x.strip() for x in args.launches.split(",") if x.strip()]

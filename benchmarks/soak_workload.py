@@ -1,8 +1,9 @@
 """The soak's workload and clients (see ``soak.py``): seeded fork programs and their requests.
 
 A program is one /generate call: a fork (``width`` greedy branches of a shared prompt), a stream
-the client drops after a few chunks, a call aborted through /abort_request, the 1024-way fan-out
-or the 32k-token context. ``run_workload`` runs them on a thread pool, each bounded by a timeout,
+the client drops after a few chunks, a call aborted through /abort_request, the 1024-way fan-out,
+the 32k-token context, or the pressure burst (many long generations at once, more KV than the
+pool holds: the scheduler must retract requests and recompute them). ``run_workload`` runs them on a thread pool, each bounded by a timeout,
 and returns per-program records and the greedy outputs of those that finished.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import e2e_compare as e2e  # noqa: E402
 from _common import HTTPClient  # noqa: E402
 from _e2e_metrics import Generation  # noqa: E402
 
-KINDS = ("fork", "stream_disconnect", "abort", "fanout", "long_context")
+KINDS = ("fork", "stream_disconnect", "abort", "fanout", "long_context", "pressure")
 STATUSES = ("ok", "aborted", "disconnected", "error", "skipped")
 WIDTHS, WIDTH_WEIGHTS = (1, 2, 3, 4, 6, 8, 12, 16), (30, 20, 12, 12, 8, 8, 5, 5)
 N_BASES, N_MIDS = 8, 4
@@ -88,8 +89,9 @@ def make_workload(args, vocab: int, max_positions: int) -> list:
 
     Returns
     -------
-    list of Program: the fork programs, with the fan-out and the long prompt inserted at 1/3
-    and 2/3, so they meet the evictions and retractions the fork programs cause.
+    list of Program: the fork programs, with the fan-out, the pressure burst and the long
+    prompt inserted at 1/3, 1/2 and 2/3, so they meet the evictions and retractions the fork
+    programs cause.
     """
     rng = random.Random(args.seed)
     bases = [e2e.random_ids(rng, rng.randrange(256, 2049), vocab) for _ in range(N_BASES)]
@@ -100,6 +102,11 @@ def make_workload(args, vocab: int, max_positions: int) -> list:
     programs.insert(len(programs) // 3, Program(
         "fanout", "fanout", [(fan, len(fan))],
         [e2e.random_ids(rng, 4, vocab) for _ in range(args.fanout_width)], 8))
+    burst = e2e.random_ids(rng, 32, vocab)
+    programs.insert(len(programs) // 2, Program(
+        "pressure", "pressure", [(burst, len(burst))],
+        [e2e.random_ids(rng, 64, vocab) for _ in range(args.pressure_width)],
+        args.pressure_tokens))
     long_len = min(args.long_context, max_positions - 16 - 1)  # room for its 16 new tokens
     programs.insert(2 * len(programs) // 3, Program(
         "long_context", "long_context", [(e2e.random_ids(rng, long_len, vocab), long_len)],

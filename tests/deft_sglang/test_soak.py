@@ -92,7 +92,8 @@ def no_server(monkeypatch, soak, url, faults=None):
 
 
 SMALL = ["--programs", "40", "--concurrency", "8", "--fanout-width", "16", "--fanout-prefix", "64",
-         "--long-context", "600", "--drain-timeout", "2"]
+         "--long-context", "600", "--pressure-width", "12", "--pressure-tokens", "20",
+         "--drain-timeout", "2"]
 
 
 def test_workload_is_deterministic_with_the_required_mix(fake, tmp_path):
@@ -105,7 +106,10 @@ def test_workload_is_deterministic_with_the_required_mix(fake, tmp_path):
         [(p.describe(), p.prompts()) for p in again if p.kind != "fanout"]
     summary = soak.workload_summary(programs)
     assert summary["kinds"] == {"fork": 900, "stream_disconnect": 50, "abort": 50, "fanout": 1,
-                                "long_context": 1}
+                                "long_context": 1, "pressure": 1}
+    burst = next(p for p in programs if p.kind == "pressure")
+    assert len(burst.prompts()) == 256 and burst.max_new_tokens == 400
+    assert 256 * (96 + 400) > 2 * 60000  # twice the default pool: retractions must happen
     assert all(summary["depths"][d] > 200 for d in (1, 2, 3))
     assert 100 < summary["splitting_prompts"] < 500
     fanout, long = (next(p for p in programs if p.kind == k) for k in ("fanout", "long_context"))
@@ -141,18 +145,19 @@ def test_soak_against_a_fake_server_passes_with_counts(fake, tmp_path, monkeypat
         assert counts["fork"]["ok"] == counts["fork"]["programs"] == 36
         assert counts["stream_disconnect"]["disconnected"] == 2
         assert counts["abort"]["aborted"] == 2 and counts["fanout"]["requests"] == 16
-        assert counts["long_context"]["ok"] == 1 and counts["total"]["programs"] == 42
+        assert counts["long_context"]["ok"] == 1 and counts["total"]["programs"] == 43
+        assert counts["pressure"]["ok"] == 1 and counts["pressure"]["requests"] == 12
         assert counts["total"]["error"] == counts["total"]["skipped"] == 0
         rec = json.loads((out / f"soak_{name}.json").read_text())
-        assert len(rec["programs"]) == 42 and rec["leak"]["pass"] and rec["alive"]
+        assert len(rec["programs"]) == 43 and rec["leak"]["pass"] and rec["alive"]
     aborts = [d["rid"] for path, d in FakeSoak.calls if path == "/abort_request"]
     assert len(aborts) == 2 * sum(r["width"] for r in rec["programs"] if r["kind"] == "abort")
     comparison = report["comparisons"]["deft_vs_stock"]
     assert comparison["pass"] and comparison["token_equal_pct"] == 100.0
-    assert comparison["programs"] == 36 + 2  # fork programs, fan-out and long prompt
+    assert comparison["programs"] == 36 + 3  # fork programs, fan-out, long prompt, burst
     md = (out / "soak.md").read_text()
     assert "SGLang soak: PASS" in md and "| deft | stream_disconnect | 2 |" in md
-    assert "| deft_vs_stock | 38 |" in md
+    assert "| deft_vs_stock | 39 |" in md
     # deft alone, compared with the stock outputs of the run above (a run per launch)
     code = soak.main(["--model-path", model_dir(tmp_path), "--out", str(tmp_path / "deft"),
                       "--launches", "deft", "--stock-outputs", str(out / "outputs_stock.json"),
@@ -188,7 +193,7 @@ def test_soak_time_limit_and_failed_start(fake, tmp_path, monkeypatch):
     code = soak.main(["--model-path", model_dir(tmp_path), "--out", str(out), "--launches",
                       "stock", "--time-limit", "0", *SMALL])
     rec = json.loads((out / "soak_stock.json").read_text())
-    assert code == 0 and rec["time_limit_hit"] and rec["counts"]["total"]["skipped"] == 42
+    assert code == 0 and rec["time_limit_hit"] and rec["counts"]["total"]["skipped"] == 43
     monkeypatch.setattr(soak, "start_launch", lambda name, args: 1 / 0)
     assert soak.main(["--model-path", model_dir(tmp_path), "--out", str(out), *SMALL]) == 1
     report = json.loads((out / "soak.json").read_text())
