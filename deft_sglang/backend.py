@@ -269,29 +269,37 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
     # ---- forward -----------------------------------------------------------------------------
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache: bool = True, **kwargs):
         """Decode attention for one layer: DeFT when the step was planned, else the inner."""
-        step = self._step
-        if step is not None or self._graph_decode:
-            reason = layer_unsupported_reason(layer, self.q_heads, self.kv_heads, self.head_dim,
-                                              kwargs)
-            if reason is None and self._graph_decode:
-                # Inside a graph capture: no fallback is possible once recorded, so let errors out.
-                out = self._deft_decode(None, q, k, v, layer, forward_batch, save_kv_cache)
-                return self._shadow(out, q, k, v, layer, forward_batch, kwargs)
-            if reason is None:
-                try:
-                    out = self._deft_decode(step, q, k, v, layer, forward_batch, save_kv_cache)
-                    return self._shadow(out, q, k, v, layer, forward_batch, kwargs)
-                except Exception as exc:  # e.g. a kernel that fails to compile: stay up
-                    self._step, self.reason = None, f"decode kernel failure ({exc})"
-                    warn_once(f"run:{type(exc).__name__}", "DeFT: decode kernel failed (%s: %s); "
-                              "decoding continues with the stock %s kernel.",
-                              type(exc).__name__, exc, self.inner_name)
-                    logger.debug("DeFT run failure", exc_info=True)
-            else:
-                self._graph_uses_inner |= self._graph_decode
-                warn_once(f"layer:{reason}", "DeFT: %s is not supported; such layers decode with "
-                          "the stock %s kernel.", reason, self.inner_name)
+        if self._step is not None or self._graph_decode:
+            out = self._try_deft("decode", self._graph_decode, layer, kwargs, lambda step: (
+                self._shadow(self._deft_decode(step, q, k, v, layer, forward_batch,
+                                               save_kv_cache), q, k, v, layer, forward_batch,
+                             kwargs)))
+            if out is not None:
+                return out
         return self._inner_decode(q, k, v, layer, forward_batch, save_kv_cache, kwargs)
+
+    def _try_deft(self, kind: str, in_capture: bool, layer, kwargs, run):
+        """``run(step)`` for one layer (``step`` None inside a graph capture), or None when the
+        inner backend must take the layer: a layer DeFT does not handle, or a kernel that fails
+        outside a capture (then DeFT stays off for this backend). One warning each."""
+        reason = layer_unsupported_reason(layer, self.q_heads, self.kv_heads, self.head_dim,
+                                          kwargs)
+        if reason is not None:
+            self._graph_uses_inner |= in_capture
+            warn_once(f"layer:{reason}", "DeFT: %s is not supported; such layers %s with the "
+                      "stock %s kernel.", reason, kind, self.inner_name)
+            return None
+        if in_capture:  # no fallback is possible once recorded, so let errors out
+            return run(None)
+        try:
+            return run(self._step)
+        except Exception as exc:  # e.g. a kernel that fails to compile: stay up
+            self._step, self.reason = None, f"{kind} kernel failure ({exc})"
+            warn_once(f"{kind}:{type(exc).__name__}", "DeFT: %s kernel failed (%s: %s); %s "
+                      "continues with the stock %s kernel.", kind, type(exc).__name__, exc,
+                      "decoding" if kind == "decode" else "verification", self.inner_name)
+            logger.debug("DeFT %s failure", kind, exc_info=True)
+            return None
 
     def _inner_decode(self, q, k, v, layer, forward_batch, save_kv_cache, kwargs):
         if not self._inner_ready:
@@ -329,23 +337,10 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
         """Extend / prefill: the inner backend; a planned target-verify step: DeFT."""
         step = self._step
         if (step is not None and step.draft_len) or self._graph_verify:
-            reason = layer_unsupported_reason(layer, self.q_heads, self.kv_heads, self.head_dim,
-                                              kwargs)
-            if reason is None and self._graph_verify:  # a capture: no fallback once recorded
-                return self._deft_verify(None, q, k, v, layer, forward_batch, save_kv_cache)
-            if reason is None:
-                try:
-                    return self._deft_verify(step, q, k, v, layer, forward_batch, save_kv_cache)
-                except Exception as exc:
-                    self._step, self.reason = None, f"verify kernel failure ({exc})"
-                    warn_once(f"verify:{type(exc).__name__}", "DeFT: verify kernel failed (%s: "
-                              "%s); verification continues with the stock %s kernel.",
-                              type(exc).__name__, exc, self.inner_name)
-                    logger.debug("DeFT verify failure", exc_info=True)
-            else:
-                self._graph_uses_inner |= self._graph_verify
-                warn_once(f"layer:{reason}", "DeFT: %s is not supported; such layers verify with "
-                          "the stock %s kernel.", reason, self.inner_name)
+            out = self._try_deft("verify", self._graph_verify, layer, kwargs, lambda step_: (
+                self._deft_verify(step_, q, k, v, layer, forward_batch, save_kv_cache)))
+            if out is not None:
+                return out
             if not self._inner_ready:
                 self.inner.init_forward_metadata(forward_batch)
                 self._inner_ready = True
