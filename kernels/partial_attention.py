@@ -47,6 +47,32 @@ def interpreter_active() -> bool:
 
 
 @triton.jit
+def online_softmax_block(q, k, v, allowed, m_i, l_i, acc, qk_scale_log2,
+                         IEEE_FP32: tl.constexpr, MAY_BE_EMPTY: tl.constexpr):
+    """One KV block of a row tile (flash attention, log2 domain): scores ``q k^T`` where
+    ``allowed``, then the running max ``m_i``, sum ``l_i`` and output ``acc`` of every row.
+    ``MAY_BE_EMPTY``: a row may have no allowed key yet (its running max is still -inf)."""
+    if IEEE_FP32:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = tl.where(allowed, s * qk_scale_log2, -float("inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if MAY_BE_EMPTY:
+        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+    else:
+        m_ref = m_new
+    alpha = tl.exp2(m_i - m_ref)
+    p = tl.exp2(s - m_ref[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if IEEE_FP32:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_out_ptr,
                  partial_lse_ptr, kv_head, kv_begin, kv_len, q_begin, num_rows, slot_base,
                  stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
@@ -84,20 +110,8 @@ def _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_o
             if DOT_FP32:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
-            if IEEE_FP32:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            s = tl.where(mask_n[None, :], s * qk_scale_log2, -float("inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            if IEEE_FP32:
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_block(q, k, v, mask_n[None, :], m_i, l_i, acc,
+                                                 qk_scale_log2, IEEE_FP32, False)
         out = acc / l_i[:, None]
         slot = (slot_base + local_query).to(tl.int64)
         tl.store(partial_out_ptr + slot[:, None] * stride_pp + head[:, None] * stride_ph

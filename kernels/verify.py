@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from .api import plan_tree_attention
-from .partial_attention import LOG2E, interpreter_active
+from .partial_attention import LOG2E, interpreter_active, online_softmax_block
 from .planner import TreeAttentionPlan
 
 
@@ -89,21 +89,9 @@ def _draft_attention_kernel(
         if DOT_FP32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        if IEEE_FP32:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(allowed, s * qk_scale_log2, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a row with nothing allowed yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE_FP32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        # a tree-mask row may allow nothing in a block (or at all): MAY_BE_EMPTY
+        m_i, l_i, acc = online_softmax_block(q, k, v, allowed, m_i, l_i, acc, qk_scale_log2,
+                                             IEEE_FP32, True)
     l_safe = tl.where(l_i > 0, l_i, 1.0)  # a row with nothing allowed: zeros, LSE -inf
     out = acc / l_safe[:, None]
     lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), -float("inf"))
