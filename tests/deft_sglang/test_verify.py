@@ -77,6 +77,15 @@ def backends(sim, config=None):
     return runner, deft, TritonAttnBackend(runner)
 
 
+def forked_and_decoded(sim_factory, suffixes, dtype=torch.float32):
+    """A sim whose running batch is forked branches one decode step on, and its backends."""
+    sim = sim_factory(dtype=dtype)
+    fork(sim, suffixes)
+    sim.decode()
+    sim.sample()
+    return (sim, *backends(sim))
+
+
 def verify_outputs(sim, runner, fb, backends_, seed):
     outs = []
     for layer_id in range(sim.num_layers):
@@ -93,11 +102,8 @@ def verify_outputs(sim, runner, fb, backends_, seed):
 @pytest.mark.parametrize("dtype, draft_len", [(torch.float32, 6), (torch.float16, 8),
                                               (torch.float32, 1)])
 def test_verify_matches_sglang_triton(sim_factory, deft_patches, dtype, draft_len):
-    sim = sim_factory(dtype=dtype)
-    fork(sim, [[1000 + i, 5] for i in range(3)])
-    sim.decode()
-    sim.sample()
-    runner, deft, triton = backends(sim)
+    sim, runner, deft, triton = forked_and_decoded(sim_factory, [[1000 + i, 5] for i in range(3)],
+                                                   dtype)
     batch, _ = make_verify_batch(sim, draft_len, seed=draft_len)
     fb = forward_batch(sim, runner, batch)
     assert fb.forward_mode.is_target_verify() and fb.deft_batch_info is not None
@@ -132,11 +138,7 @@ def test_qlen_only_mask_layout(sim_factory, deft_patches):
 
     from sglang.srt.speculative.eagle_utils import TreeMaskMode
 
-    sim = sim_factory(dtype=torch.float32)
-    fork(sim, [[1000 + i] for i in range(2)])
-    sim.decode()
-    sim.sample()
-    runner, deft, triton = backends(sim)
+    sim, runner, deft, triton = forked_and_decoded(sim_factory, [[1000 + i] for i in range(2)])
     batch, parents = make_verify_batch(sim, 5, seed=2, mask_mode="qlen")
     fb = forward_batch(sim, runner, batch)
     deft.inner._verify_mask = types.SimpleNamespace(mode=TreeMaskMode.QLEN_ONLY)
@@ -161,11 +163,7 @@ def test_unreadable_verify_batches_use_stock(sim_factory, deft_patches):
 
     from sglang.srt.speculative.eagle_utils import TreeMaskMode
 
-    sim = sim_factory(dtype=torch.float32)
-    fork(sim, [[1000 + i] for i in range(2)])
-    sim.decode()
-    sim.sample()
-    runner, deft, triton = backends(sim)
+    sim, runner, deft, triton = forked_and_decoded(sim_factory, [[1000 + i] for i in range(2)])
     batch, _ = make_verify_batch(sim, 3, seed=4)
     fb = forward_batch(sim, runner, batch)
     deft.inner._verify_mask = types.SimpleNamespace(mode=TreeMaskMode.QLEN_ONLY_BITPACKING)
@@ -226,11 +224,7 @@ def graph_verify_layer(sim, deft, fb, draft_len, lay, q, k, v):
 
 def test_verify_graph_capture_and_replays_match_stock(sim_factory, deft_patches):
     draft_len = 4
-    sim = sim_factory(dtype=torch.float32)
-    fork(sim, [[1000 + i, 5] for i in range(3)])
-    sim.decode()
-    sim.sample()
-    runner, deft, triton = backends(sim)
+    sim, runner, deft, triton = forked_and_decoded(sim_factory, [[1000 + i, 5] for i in range(3)])
     deft.inner.num_draft_tokens = draft_len  # SGLang sizes the verify mask buffer from this
     deft.init_cuda_graph_state(MAX_BS, MAX_BS * draft_len)
     assert deft.graphs is not None and deft.graphs.verify is not None
