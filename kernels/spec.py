@@ -91,7 +91,18 @@ def draft_tree_as_nodes(node_parent, node_kv_indptr, node_kv_indices, request_no
     request_node = np.asarray(request_node, dtype=np.int64).reshape(-1)
     draft_parent = np.asarray(draft_parent, dtype=np.int64)
     slots = np.asarray(draft_slots, dtype=np.int64).reshape(-1)
+    if draft_parent.ndim != 2 or draft_parent.shape[0] != request_node.shape[0]:
+        raise ValueError(f"draft_parent must be [R, T] with R = {request_node.shape[0]} "
+                         f"requests, got shape {draft_parent.shape}")
     num_requests, draft_len = draft_parent.shape
+    if slots.shape[0] != num_requests * draft_len:
+        raise ValueError(f"draft_slots must hold R*T = {num_requests * draft_len} slots, "
+                         f"got {slots.shape[0]}")
+    local = np.arange(draft_len)
+    if np.any(draft_parent < -1) or np.any(draft_parent >= local):
+        raise ValueError("draft_parent[r, i] must be -1 or a draft token before i")
+    if np.any(request_node < 0) or np.any(request_node >= parent.shape[0]):
+        raise ValueError(f"request_node entries must be in [0, {parent.shape[0]})")
     base = parent.shape[0]
     local = draft_parent + base + np.arange(num_requests)[:, None] * draft_len
     new_parent = np.where(draft_parent < 0, request_node[:, None], local).reshape(-1)

@@ -26,6 +26,7 @@ def test_parsing():
     assert (more.tail_slack, more.shadow_check, more.stats_interval) == (0, True, 100)
     assert cfg.fallback_backend == "flashinfer"
     assert DeftConfig.from_env({"DEFT_LOG_LEVEL": "DEBUG"}).log_level == "debug"
+    assert cfg.spec_verify and not DeftConfig.from_env({"DEFT_SPEC_VERIFY": "0"}).spec_verify
 
 
 @pytest.mark.parametrize("env, name", [
@@ -41,6 +42,7 @@ def test_parsing():
     ({"DEFT_TAIL_SLACK": "-1"}, "DEFT_TAIL_SLACK"),
     ({"DEFT_STATS_INTERVAL": "often"}, "DEFT_STATS_INTERVAL"),
     ({"DEFT_SHADOW_CHECK": "2"}, "DEFT_SHADOW_CHECK"),
+    ({"DEFT_SPEC_VERIFY": "sometimes"}, "DEFT_SPEC_VERIFY"),
 ])
 def test_invalid_values_name_the_variable(env, name):
     with pytest.raises(ValueError, match=name):

@@ -168,6 +168,15 @@ def test_bad_verify_input():
                               request_node, slots, mask.reshape(-1))
     with pytest.raises(ValueError, match="smaller than"):
         ancestor_mask([-1, 1])
+    args = (forest.parent, forest.indptr, forest.indices)
+    with pytest.raises(ValueError, match="draft_parent must be \\[R, T\\]"):
+        draft_tree_as_nodes(*args, request_node, slots.cpu(), [[-1, 0, 1]])
+    with pytest.raises(ValueError, match="R\\*T = 6"):
+        draft_tree_as_nodes(*args, request_node, slots.cpu()[:5], [[-1, 0, 1], [-1, 0, 0]])
+    with pytest.raises(ValueError, match="before i"):
+        draft_tree_as_nodes(*args, request_node, slots.cpu(), [[-1, 0, 2], [-1, 0, 0]])
+    with pytest.raises(ValueError, match="request_node"):
+        draft_tree_as_nodes(*args, [0, 99], slots.cpu(), [[-1, 0, 1], [-1, 0, 0]])
 
 
 @pytest.mark.gpu
