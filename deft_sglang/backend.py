@@ -316,16 +316,21 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
             self.monitor.shadow.compare(out, ref)
         return out
 
-    @torch.compiler.disable  # like SGLang's Triton backend: keep Triton launches out of dynamo
-    def _deft_decode(self, step: Optional[DeftStep], q, k, v, layer, forward_batch,
-                     save_kv_cache):
-        """One layer of DeFT decode: with ``step``'s plan, or (None) with the graph workspace."""
+    def _layer_io(self, q, k, v, layer, forward_batch, save_kv_cache):
+        """Store this forward's K/V at ``out_cache_loc`` (as the stock backends do), then
+        ``(q [N, Hq, D], out, k_cache, v_cache)`` of the layer."""
         if save_kv_cache and k is not None and v is not None:
             self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc), k, v)
         q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         out = q3.new_empty((q3.shape[0], layer.tp_q_head_num, layer.v_head_dim))
-        k_cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
-        v_cache = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        return (q3, out, self.token_to_kv_pool.get_key_buffer(layer.layer_id),
+                self.token_to_kv_pool.get_value_buffer(layer.layer_id))
+
+    @torch.compiler.disable  # like SGLang's Triton backend: keep Triton launches out of dynamo
+    def _deft_decode(self, step: Optional[DeftStep], q, k, v, layer, forward_batch,
+                     save_kv_cache):
+        """One layer of DeFT decode: with ``step``'s plan, or (None) with the graph workspace."""
+        q3, out, k_cache, v_cache = self._layer_io(q, k, v, layer, forward_batch, save_kv_cache)
         if step is None:
             self.graphs.workspace.run(q3, k_cache, v_cache, out, sm_scale=layer.scaling)
         else:
@@ -352,12 +357,7 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
                      save_kv_cache):
         """One layer of DeFT tree verification: with ``step``'s plan and mask, or (None) with the
         graph workspace, the fixed draft buffers and the inner's fixed mask buffer."""
-        if save_kv_cache and k is not None and v is not None:
-            self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc), k, v)
-        q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
-        out = q3.new_empty((q3.shape[0], layer.tp_q_head_num, layer.v_head_dim))
-        k_cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
-        v_cache = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        q3, out, k_cache, v_cache = self._layer_io(q, k, v, layer, forward_batch, save_kv_cache)
         slots = forward_batch.out_cache_loc
         if step is None:
             extra = self.graphs.verify.run_draft(q3, k_cache, v_cache, slots,
