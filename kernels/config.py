@@ -1,0 +1,67 @@
+"""The planner's tuning knobs (``PlannerConfig``) and the fixed small row tile."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SMALL_M = 16  # phase-1 row tile of items with few rows (plain decode, small groups)
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Tuning knobs of the planner (defaults chosen for Hopper; all validated).
+
+    block_n : KV tokens per block inside a chunk (0 = by head_dim: 64, or 32 above 128).
+    block_m : row tile of items with more than 16 rows (32, 64 or 128).
+    small_block_n : KV tokens per block for items of at most 16 rows.
+    waves : programs per SM the chunking aims for.
+    num_sms : SMs to balance over (0 = read from the device, 132 when unknown).
+    min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
+    reread_min_queries : groups larger than this may be split into re-reading row groups.
+    reread_group_rows : rows per re-reading row group.
+    l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
+    fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
+    max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
+        the length that load balance asks for (0 = no cap; the default until measured on a GPU).
+    fixed_chunk_tokens : batch-invariant mode when > 0: every node is cut into chunks of this
+        many tokens and the merge combines a fixed number of partials per step, so a query's
+        result is bit-identical whatever else shares the batch (load balance is then not tuned
+        to the batch).
+    split_launches : phase 1 in two launches: items of more than 16 rows (listed first) in the
+        kernel with both row tiles, the rest in the 16-row-tile kernel (fewer registers). Off:
+        the whole work list runs in one kernel, the two-tile one when any item needs it.
+        Results are the same either way (an item of at most 16 rows is computed with the same
+        tiles in both kernels); which is faster is for the GPU benchmarks to say.
+    """
+
+    block_n: int = 0
+    block_m: int = 64
+    small_block_n: int = 64
+    waves: float = 4.0
+    num_sms: int = 0
+    min_chunk_partial_ratio: float = 4.0
+    reread_min_queries: int = 64
+    reread_group_rows: int = 128
+    l2_bytes: int = 0
+    num_warps: int = 4
+    num_stages: int = 3
+    fp32_partials: bool = False
+    max_floor_over_want: float = 0.0
+    fixed_chunk_tokens: int = 0
+    split_launches: bool = False
+
+    def __post_init__(self):
+        if self.block_n not in (0, 16, 32, 64, 128):
+            raise ValueError(f"PlannerConfig.block_n must be 0, 16, 32, 64 or 128, got {self.block_n}")
+        if self.small_block_n not in (16, 32, 64, 128):
+            raise ValueError(f"PlannerConfig.small_block_n must be 16, 32, 64 or 128, "
+                             f"got {self.small_block_n}")
+        if self.block_m not in (32, 64, 128):
+            raise ValueError(f"PlannerConfig.block_m must be 32, 64 or 128, got {self.block_m}")
+        for name in ("waves", "min_chunk_partial_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PlannerConfig.{name} must be positive")
+        for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PlannerConfig.{name} must be >= 0")
+        if self.reread_group_rows < 16:
+            raise ValueError("PlannerConfig.reread_group_rows must be >= 16")
