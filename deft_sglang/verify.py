@@ -62,10 +62,12 @@ def verify_input(forward_batch):
 
 def layout(mode: int, seq_lens: torch.Tensor, draft_len: int, out_offsets=None,
            out_strides=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(offsets, strides) of request rows in the mask (device ops; into ``out_*`` if given)."""
+    """(offsets, strides) of request rows in the mask (device ops; written into the fixed
+    ``out_*`` buffers when given, for CUDA graphs)."""
     if mode == FULL_MASK:
-        return full_mask_layout(seq_lens, draft_len, out_offsets, out_strides)
-    offsets, strides = dense_mask_layout(seq_lens.shape[0], draft_len, seq_lens.device)
+        offsets, strides = full_mask_layout(seq_lens, draft_len)
+    else:
+        offsets, strides = dense_mask_layout(seq_lens.shape[0], draft_len, seq_lens.device)
     if out_offsets is None:
         return offsets, strides
     out_offsets[:offsets.shape[0]].copy_(offsets)

@@ -138,20 +138,15 @@ def dense_mask_layout(num_requests: int, draft_len: int, device) -> tuple[torch.
     return offsets, torch.full((num_requests,), draft_len, dtype=torch.int64, device=device)
 
 
-def full_mask_layout(seq_lens: torch.Tensor, draft_len: int, out_offsets=None, out_strides=None):
-    """``(mask_offsets, mask_strides)`` of SGLang's FULL_MASK verify mask (device ops only; with
-    ``out_*`` given, written into those fixed buffers, for CUDA graphs).
+def full_mask_layout(seq_lens: torch.Tensor, draft_len: int) -> tuple[torch.Tensor, ...]:
+    """``(mask_offsets, mask_strides)`` of SGLang's FULL_MASK verify mask (device ops only).
 
     seq_lens : int [R], the committed lengths (without the draft tokens).
     """
     strides = seq_lens.to(torch.int64) + draft_len
     rows = strides * draft_len
     offsets = torch.cumsum(rows, 0) - rows + seq_lens.to(torch.int64)
-    if out_offsets is None:
-        return offsets, strides
-    out_offsets[:offsets.shape[0]].copy_(offsets)
-    out_strides[:strides.shape[0]].copy_(strides)
-    return out_offsets, out_strides
+    return offsets, strides
 
 
 @dataclass

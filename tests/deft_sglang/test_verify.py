@@ -175,6 +175,23 @@ def test_unreadable_verify_batches_use_stock(sim_factory, deft_patches):
     assert deft._step is None
 
 
+def test_mask_layout_into_fixed_graph_buffers():
+    """Graph replays write the mask rows of the (padded) batch into fixed buffers; rows past
+    the batch keep their contents."""
+    from deft_sglang.kernels.verify import full_mask_layout
+    from deft_sglang.verify import FULL_MASK, QLEN_ONLY, layout
+
+    seq_lens = torch.tensor([30, 0, 7])
+    offsets, _ = full_mask_layout(seq_lens, 6)
+    assert offsets.tolist() == [30, 6 * 36, 6 * 36 + 6 * 6 + 7]
+    fixed_off, fixed_str = torch.zeros(5, dtype=torch.int64), torch.zeros(5, dtype=torch.int64)
+    layout(FULL_MASK, seq_lens, 6, fixed_off, fixed_str)
+    assert fixed_off[:3].tolist() == offsets.tolist() and fixed_str[3:].tolist() == [0, 0]
+    assert fixed_str[:3].tolist() == [36, 6, 13]
+    layout(QLEN_ONLY, seq_lens, 6, fixed_off, fixed_str)
+    assert fixed_off[:3].tolist() == [0, 36, 72] and fixed_str[:3].tolist() == [6, 6, 6]
+
+
 def test_speculative_support_rules(monkeypatch):
     import types
 
