@@ -20,6 +20,8 @@
 #   graphab bench_graph.py on the e2e runs' decode batches, default vs split_launches=true
 #   tp      benchmarks/tp_e2e.sh with --tp 2 (needs two GPUs; TP_GRID overrides its grid)
 #   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
+#   profile benchmarks/sweep_config.py (per-kernel time, planner variants), then Nsight Compute
+#           sections of the DeFT kernels on three workloads (WORK/profile/ncu-*.txt)
 set -u
 WORK=${1:?usage: gpu_checks.sh WORK [STEP ...]}
 shift
@@ -77,6 +79,14 @@ for step in $STEPS; do
                  --deft-config split_launches=true" ;;
     tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" 2 ;;
     spec) run spec 1200 bash benchmarks/spec_e2e.sh "$MODELS" "$WORK/spec" ;;
+    profile) run profile 900 bash -c "python3 benchmarks/sweep_config.py --out '$WORK/profile' && \
+                 for w in fewshot-4000xb50-g400 tot-keyword-tree82-it198 \
+                          fewshot-4000xb50-g400@16/1/d128; do \
+                     timeout 200 ncu --section SpeedOfLight --section Occupancy \
+                         --section LaunchStats --section MemoryWorkloadAnalysis \
+                         --section WarpStateStats -k regex:'_partial_attention_kernel|_merge_partials' \
+                         -s 2 -c 2 python3 benchmarks/ncu_dram.py --workload \$w \
+                         > '$WORK/profile/ncu-'\${w//\//_}.txt 2>&1; done" ;;
     *) echo "unknown step $step" >> "$WORK/progress" ;;
     esac
 done
