@@ -398,6 +398,9 @@ def main(args) -> int:
         results["cases"].append(row)
         t = table_row(row, args.tol)
         H.log(" | ".join(f"{label} {t[key]}" for label, key in COLUMNS))
+        for method, error in row["errors"].items():
+            if not method.endswith("_traceback"):
+                H.log(f"  {method}: {error}")
         H.write_json(json_path, results)
     results["wall_s"] = round(time.perf_counter() - t_start, 1)
     H.write_json(json_path, results)

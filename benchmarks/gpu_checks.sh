@@ -64,7 +64,8 @@ for step in $STEPS; do
     e2e8b) run e2e8b 1800 python3 examples/e2e_compare.py --model-path "$MODELS/llama3-8b-shape" \
                --out "$WORK/e2e8b" --launches deft,stock,stock_flashinfer ;;
     fuzz) run fuzz 1500 env DEFT_FUZZ_EXAMPLES=10000 DEFT_FUZZ_SHARDS=16 python3 -m pytest \
-              tests/kernels/test_fuzz.py -q -p no:cacheprovider "${PYTEST_WORKERS[@]}" ;;
+              tests/kernels/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics \
+              "${PYTEST_WORKERS[@]}" ;;
     kernels) run kernels 900 python3 benchmarks/bench_kernels.py --out "$WORK/kernels" --quick ;;
     vtests) run vtests 600 python3 -m pytest tests/kernels/test_verify.py \
                 tests/deft_sglang/test_verify.py -q -p no:cacheprovider ;;

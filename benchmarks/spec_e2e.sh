@@ -33,6 +33,17 @@ for name in os.listdir(target):
         shutil.copy(os.path.join(target, name), draft)
 print("draft model:", draft, {k: config[k] for k in ("vocab_size", "num_hidden_layers")})
 PY
+# SGLang 0.5.17's EAGLE v2 worker imports its DeepSeek sparse-attention backend (which imports
+# deep_gemm at module level) while capturing draft-extend graphs, only to type-check the draft
+# backend. An offline host without deep_gemm crashes there, stock and DeFT alike; an empty
+# stand-in module lets the import succeed (nothing here runs DeepSeek attention).
+if ! python3 -c "import deep_gemm" 2>/dev/null; then
+    mkdir -p "$OUT/stubs/deep_gemm"
+    echo '"""Empty stand-in: SGLang imports deep_gemm for a type check only (spec_e2e.sh)."""' \
+        > "$OUT/stubs/deep_gemm/__init__.py"
+    export PYTHONPATH="$OUT/stubs${PYTHONPATH:+:$PYTHONPATH}"
+    echo "deep_gemm missing: using the empty stand-in in $OUT/stubs"
+fi
 SPEC="--speculative-algorithm STANDALONE --speculative-draft-model-path $DRAFT \
 --speculative-num-steps 3 --speculative-eagle-topk 4 --speculative-num-draft-tokens 16"
 python3 "$HERE/examples/e2e_compare.py" --model-path "$MODELS/$TARGET" --out "$OUT" \

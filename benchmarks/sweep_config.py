@@ -35,10 +35,11 @@ DEFAULT_WORKLOADS = [
     "fanout-2048x1024-g32", "tree3-1600x16x16", "tot-*", "spec-star-t128",
     "fewshot-4000xb50-g400@16/1/d128", "unshared-128x4096", "mixed-*"]
 DEFAULT_CONFIGS = [
-    "", "waves=2", "waves=8", "waves=16", "small_block_n=32", "small_block_n=128",
-    "block_n=32", "block_n=128", "num_stages=2", "num_warps=8", "block_m=128",
-    "max_floor_over_want=1",
-    "split_launches=true", "num_warps=8,small_block_n=128", "waves=8,min_chunk_partial_ratio=1"]
+    "", "max_registers=128", "max_registers=168", "max_registers=128,num_stages=2",
+    "max_registers=168,num_stages=2", "small_block_n=32", "small_block_n=32,max_registers=128",
+    "split_launches=true,small_block_n=32", "block_m=32", "block_m=32,max_registers=128",
+    "reread_min_queries=8", "reread_min_queries=16", "max_floor_over_want=1",
+    "max_floor_over_want=2", "waves=2"]
 PROFILE_REPS = 20
 
 
@@ -116,11 +117,17 @@ def sweep_workload(K, w, device, configs, rep_ms) -> list[dict]:
     return rows
 
 
-COLUMNS = [("config", "config"), ("us", "µs"), ("phase1_us", "phase 1 µs"),
-           ("merge_us", "merge µs"), ("items", "items"), ("partials", "partials"),
-           ("max_partials", "max partials/query"), ("chunk_median", "chunk median"),
-           ("chunk_max", "chunk max"), ("row_tiles", "row tiles"), ("block_m", "block_m"),
-           ("max_diff", "max diff vs default")]
+COLUMNS = [("config", "config"), ("µs", "us"), ("phase 1 µs", "phase1_us"),
+           ("merge µs", "merge_us"), ("items", "items"), ("partials", "partials"),
+           ("max partials/query", "max_partials"), ("chunk median", "chunk_median"),
+           ("chunk max", "chunk_max"), ("row tiles", "row_tiles"), ("block_m", "block_m"),
+           ("max diff vs default", "max_diff")]
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.2e}" if abs(value) < 0.01 and value else f"{value:.2f}"
+    return value
 
 
 def main(args) -> int:
@@ -141,7 +148,8 @@ def main(args) -> int:
         for r in ok:
             r["vs_default"] = r["us"] / base if base else None
         md.append(f"## {w.name} ({w.heads.label})\n\n"
-                  + H.markdown_table(ok, COLUMNS + [("vs_default", "× default")]) + "\n")
+                  + H.markdown_table([{k: _cell(v) for k, v in r.items()} for r in ok],
+                                   COLUMNS + [("× default", "vs_default")]) + "\n")
         if ok and base:
             H.log(f"  best: {ok[0]['config']} {ok[0]['us']:.1f} us "
                   f"({ok[0]['us'] / base:.2f}x default)")

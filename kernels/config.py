@@ -26,6 +26,9 @@ class PlannerConfig:
         many tokens and the merge combines a fixed number of partials per step, so a query's
         result is bit-identical whatever else shares the batch (load balance is then not tuned
         to the batch).
+    max_registers : cap on phase 1's registers per thread (0 = the compiler's choice). The
+        kernel holds both row tiles, so the compiler sizes it for the 64-row one; a cap lets more
+        programs share an SM (more loads in flight) at the risk of spills.
     split_launches : phase 1 in two launches: items of more than 16 rows (listed first) in the
         kernel with both row tiles, the rest in the 16-row-tile kernel (fewer registers). Off:
         the whole work list runs in one kernel, the two-tile one when any item needs it.
@@ -48,6 +51,7 @@ class PlannerConfig:
     max_floor_over_want: float = 0.0
     fixed_chunk_tokens: int = 0
     split_launches: bool = False
+    max_registers: int = 0
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -63,5 +67,8 @@ class PlannerConfig:
         for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PlannerConfig.{name} must be >= 0")
+        if self.max_registers and not 24 <= self.max_registers <= 255:
+            raise ValueError(f"PlannerConfig.max_registers must be 0 or in [24, 255], "
+                             f"got {self.max_registers}")
         if self.reread_group_rows < 16:
             raise ValueError("PlannerConfig.reread_group_rows must be >= 16")

@@ -188,7 +188,7 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
                              partial_lse, sm_scale: float, small_m: int, small_n: int,
                              block_m: int, block_n: int, num_warps: int, num_stages: int,
                              item_bounds: torch.Tensor | None = None, num_programs: int = 0,
-                             work_counters: torch.Tensor | None = None):
+                             work_counters: torch.Tensor | None = None, max_registers: int = 0):
     """Run phase 1 over ``items`` (int32 [5, capacity], row-major: kv_begin, kv_len, q_begin,
     q_count, slot_base).  Items of at most ``small_m`` rows use ``small_m x small_n`` tiles, the
     others ``block_m x block_n``.  Writes ``partial_out``/``partial_lse``; no host sync.
@@ -198,7 +198,8 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
     through ``work_counters`` (int32 [Hkv] on the device, required then): the launch depends on
     no host value of the tree, as CUDA-graph replay requires.  The counters must be zero at
     launch and are left past the end of the list, so the caller zeroes them before every launch
-    (a memset, which a graph captures too).
+    (a memset, which a graph captures too).  ``max_registers`` > 0 caps the registers per
+    thread (the compiler's ``maxnreg``; ignored by the interpreter).
     Returns the compiled kernel (registers, spills, shared memory), or None for no items.
 
     Raises
@@ -220,6 +221,7 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
     interpret = interpreter_active()
     fp32_inputs = q.dtype == torch.float32
     grid = (num_programs if persistent else num_items, num_kv_heads)
+    options = dict(maxnreg=max_registers) if max_registers and not interpret else {}
     return _partial_attention_kernel[grid](
         q, k_cache, v_cache, kv_indices, query_order, items, items.stride(0),
         item_bounds if persistent else items, work_counters if persistent else items,
@@ -233,5 +235,5 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
         # The interpreter's bf16 dot is wrong (design.md); fp32 tests want exact fp32 products.
         DOT_FP32=interpret and q.dtype != torch.float16,
         IEEE_FP32=fp32_inputs or (interpret and q.dtype == torch.bfloat16),
-        PERSISTENT=persistent, num_warps=num_warps, num_stages=num_stages,
+        PERSISTENT=persistent, num_warps=num_warps, num_stages=num_stages, **options,
     )

@@ -75,7 +75,7 @@ class StaticTreeAttention:
         self.config = config
         self.block_n = resolve_block_n(config, head_dim)
         self.tiles = (config.block_m, self.block_n, config.small_block_n, config.num_warps,
-                      config.num_stages)
+                      config.num_stages, config.max_registers)
         self.num_programs = num_programs
         int32 = dict(dtype=torch.int32, device=self.device)
         self.items = torch.zeros(5, max_items, **int32)
@@ -143,7 +143,7 @@ class StaticTreeAttention:
             raise ValueError("q/out must be [B, Hq, D] with B <= max_queries")
         head_dim = self.shape[2]
         sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
-        block_m, block_n, small_n, warps, stages = self.tiles
+        block_m, block_n, small_n, warps, stages, max_registers = self.tiles
         self.work_counters.zero_()  # the last run left them past the end of its list
         for launch, tile_m in enumerate((block_m, SMALL_M)):  # SMALL_M alone: small tile only
             launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
@@ -151,7 +151,8 @@ class StaticTreeAttention:
                                      SMALL_M, small_n, tile_m, block_n, warps, stages,
                                      item_bounds=self.item_bounds[launch],
                                      num_programs=self.num_programs,
-                                     work_counters=self.work_counters[launch])
+                                     work_counters=self.work_counters[launch],
+                                     max_registers=max_registers)
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
                      out, *self.merge_shape, extra=extra)
         return out

@@ -77,6 +77,15 @@ def backends(sim, config=None):
     return runner, deft, TritonAttnBackend(runner)
 
 
+def stock_atol(sim) -> float:
+    """How close DeFT must be to SGLang's Triton kernel: on a GPU that kernel multiplies fp32 in
+    TF32 (10-bit mantissa), so fp32 agrees to TF32 rounding there, and to IEEE rounding under
+    the CPU interpreter; fp16 outputs agree to fp16 rounding."""
+    if sim.dtype == torch.float16:
+        return 2e-3
+    return 5e-3 if sim.device == "cuda" else 1e-4
+
+
 def forked_and_decoded(sim_factory, suffixes, dtype=torch.float32):
     """A sim whose running batch is forked branches one decode step on, and its backends."""
     sim = sim_factory(dtype=dtype)
@@ -107,7 +116,7 @@ def test_verify_matches_sglang_triton(sim_factory, deft_patches, dtype, draft_le
     batch, _ = make_verify_batch(sim, draft_len, seed=draft_len)
     fb = forward_batch(sim, runner, batch)
     assert fb.forward_mode.is_target_verify() and fb.deft_batch_info is not None
-    atol = 2e-3 if dtype == torch.float16 else 1e-4
+    atol = stock_atol(sim)
     for deft_out, stock_out in verify_outputs(sim, runner, fb, (deft, triton), seed=3):
         torch.testing.assert_close(deft_out, stock_out, atol=atol, rtol=0)
     step = deft._step
@@ -128,7 +137,7 @@ def test_verify_right_after_prefill_shares_the_cached_prompt(sim_factory, deft_p
     batch, _ = make_verify_batch(sim, 4, seed=1)
     fb = forward_batch(sim, runner, batch)
     for deft_out, stock_out in verify_outputs(sim, runner, fb, (deft, triton), seed=5):
-        torch.testing.assert_close(deft_out, stock_out, atol=1e-4, rtol=0)
+        torch.testing.assert_close(deft_out, stock_out, atol=stock_atol(sim), rtol=0)
     assert not deft._step.forest.fallbacks
 
 
@@ -154,7 +163,7 @@ def test_qlen_only_mask_layout(sim_factory, deft_patches):
     fb.spec_info.custom_mask = torch.cat(full).to(sim.device)
     triton.init_forward_metadata(fb)
     torch.testing.assert_close(out, triton.forward_extend(q, k, v, lay, fb).float(),
-                               atol=1e-4, rtol=0)
+                               atol=stock_atol(sim), rtol=0)
 
 
 def test_unreadable_verify_batches_use_stock(sim_factory, deft_patches):
@@ -262,5 +271,5 @@ def test_verify_graph_capture_and_replays_match_stock(sim_factory, deft_patches)
             out = graph_verify_layer(sim, deft, fb, draft_len, lay, q, k, v)
             triton.init_forward_metadata(fb)
             torch.testing.assert_close(out, triton.forward_extend(q, k, v, lay, fb).float(),
-                                       atol=1e-4, rtol=0)
+                                       atol=stock_atol(sim), rtol=0)
     assert deft.graphs.replays == 1

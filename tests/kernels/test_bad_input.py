@@ -83,7 +83,8 @@ def test_plan_run_with_wrong_batch():
 
 
 @pytest.mark.parametrize("kwargs", [dict(block_n=48), dict(waves=0), dict(num_sms=-1),
-                                    dict(reread_group_rows=4)])
+                                    dict(reread_group_rows=4), dict(max_registers=8),
+                                    dict(max_registers=300)])
 def test_bad_planner_config(kwargs):
     with pytest.raises(ValueError, match="PlannerConfig"):
         PlannerConfig(**kwargs)

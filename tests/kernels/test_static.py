@@ -73,7 +73,7 @@ def test_persistent_launch_needs_work_counters():
     forest = TREES[1]
     static.load(plan_for(forest))
     q, k, v = random_qkv(forest, 12, HQ, HKV, D, torch.float32, seed=1)
-    block_m, block_n, small_n, warps, stages = static.tiles
+    block_m, block_n, small_n, warps, stages, _ = static.tiles
     with pytest.raises(ValueError, match="work_counters"):
         launch_partial_attention(q, k, v, static.kv_indices, static.query_order, static.items,
                                  static.partial_out, static.partial_lse, D ** -0.5, SMALL_M,

@@ -127,6 +127,26 @@ def test_unvalidated_device_indices_are_used_in_place():
     assert (plan.run(q, k, v) - ref).abs().max().item() < 2e-5
 
 
+def test_register_cap_still_exact():
+    """``max_registers`` only changes how the kernel is compiled (the interpreter ignores it)."""
+    run_case(star(prefix=70, branches=5, tail=9), 8, 2, 32, torch.float32,
+             config=PlannerConfig(max_registers=128))
+
+
+def test_partial_floor_never_starves_the_gpu():
+    """A wide group on one KV head: the partial-write floor would leave fewer programs than
+    SMs, so the planner cuts the chunks by load balance alone (and stays exact)."""
+    forest = star(prefix=2000, branches=40, tail=3)
+    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    shape = dict(num_qo_heads=16, num_kv_heads=1, head_dim=32, device=DEVICE)
+    floor_only = PlannerConfig(num_sms=4)  # few SMs: the floor binds, nothing is starved
+    many_sms = PlannerConfig(num_sms=132)
+    few = plan_tree_attention(*args, config=floor_only, **shape).stats()["num_work_items"]
+    many = plan_tree_attention(*args, config=many_sms, **shape).stats()["num_work_items"]
+    assert few < 132 and many > few
+    run_case(forest, 16, 1, 32, torch.float32, config=many_sms)
+
+
 def test_capped_partial_floor_still_exact():
     forest = star(prefix=300, branches=12, tail=9)
     run_case(forest, 16, 1, 32, torch.float32, config=PlannerConfig(max_floor_over_want=1.0))
