@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--deft-config", nargs="*", default=[], metavar="KEY=VALUE",
                    help="PlannerConfig overrides, e.g. --deft-config max_chunk_tokens=512")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server-shapes", action="store_true",
+                   help="also the end-to-end runs' decode batches (workloads.server_workloads)")
     return p.parse_args(argv)
 
 
@@ -252,8 +254,9 @@ def main(args) -> int:
     env = H.env_record(device)
     H.log("environment: " + ", ".join(f"{k}={env.get(k)}" for k in
                                       ("gpu", "torch", "triton", "flashinfer", "sglang")))
-    wls = WL.select(WL.smoke_workloads() if args.cpu_smoke else WL.full_workloads(args.quick),
-                    args.workloads)
+    pool = WL.smoke_workloads() if args.cpu_smoke else (
+        (WL.server_workloads() if args.server_shapes else []) + WL.full_workloads(args.quick))
+    wls = WL.select(pool, args.workloads)
     if not wls:
         H.log("no workload matches")
         return 2

@@ -13,12 +13,14 @@
 #   soak    benchmarks/soak.py on llama-1b-shape, stock and deft
 #   e2e8b   examples/e2e_compare.py on llama3-8b-shape: deft, stock, stock_flashinfer, full grid
 #   fuzz    the kernel fuzz suite with 10,000 cases
-#   kernels benchmarks/bench_kernels.py --quick
+#   kernels benchmarks/bench_kernels.py --quick --server-shapes
 #   vtests  the tree-verification tests (kernels and backend), GPU-marked ones included
 #   tail    the patch, tree-attention and verification test files (with the slowest tests)
 #   verify  benchmarks/bench_verify.py (verify attention: DeFT vs SGLang Triton vs FlashInfer)
 #   graphab bench_graph.py on the e2e runs' decode batches, default vs split_launches=true
-#   tp      benchmarks/tp_e2e.sh with --tp 2 (needs two GPUs; TP_GRID overrides its grid)
+#   tp      benchmarks/tp_e2e.sh with --tp ${TP_SIZE:-2} (needs that many GPUs; TP_GRID overrides
+#           its grid)
+#   host    benchmarks/bench_host.py (host time per decode step, 256 requests)
 #   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
 #   profile benchmarks/sweep_config.py (per-kernel time, planner variants), then Nsight Compute
 #           sections of the DeFT kernels on three workloads (WORK/profile/ncu-*.txt)
@@ -66,7 +68,8 @@ for step in $STEPS; do
     fuzz) run fuzz 1500 env DEFT_FUZZ_EXAMPLES=10000 DEFT_FUZZ_SHARDS=16 python3 -m pytest \
               tests/kernels/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics \
               "${PYTEST_WORKERS[@]}" ;;
-    kernels) run kernels 900 python3 benchmarks/bench_kernels.py --out "$WORK/kernels" --quick ;;
+    kernels) run kernels 900 python3 benchmarks/bench_kernels.py --out "$WORK/kernels" --quick \
+                 --server-shapes --time-budget 600 ;;
     vtests) run vtests 600 python3 -m pytest tests/kernels/test_verify.py \
                 tests/deft_sglang/test_verify.py -q -p no:cacheprovider ;;
     tail) run tail 600 python3 -m pytest tests/patches tests/kernels/test_tree_attention.py \
@@ -78,7 +81,8 @@ for step in $STEPS; do
                  python3 benchmarks/bench_graph.py --out '$WORK/graph-split' --server-shapes \
                  --workloads 'srv*' 'fewshot-4000xb50-g400' 'unshared-128x4096' \
                  --deft-config split_launches=true" ;;
-    tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" 2 ;;
+    tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" "${TP_SIZE:-2}" ;;
+    host) run host 600 python3 benchmarks/bench_host.py --out "$WORK/host" --profile ;;
     spec) run spec 1200 bash benchmarks/spec_e2e.sh "$MODELS" "$WORK/spec" ;;
     profile) run profile 900 bash -c "python3 benchmarks/sweep_config.py --out '$WORK/profile' && \
                  for w in fewshot-4000xb50-g400 tot-keyword-tree82-it198 \

@@ -39,7 +39,8 @@ DEFAULT_CONFIGS = [
     "max_registers=168,num_stages=2", "small_block_n=32", "small_block_n=32,max_registers=128",
     "split_launches=true,small_block_n=32", "block_m=32", "block_m=32,max_registers=128",
     "reread_min_queries=8", "reread_min_queries=16", "max_floor_over_want=1",
-    "max_floor_over_want=2", "waves=2"]
+    "max_floor_over_want=2", "waves=2", "merge_block_h=1", "merge_block_h=2",
+    "merge_block_h=4"]
 PROFILE_REPS = 20
 
 

@@ -200,10 +200,9 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
         if view is None:
             return None
         info, rows, seq_lens = view
-        signature = (BatchSignature.of(info.reqs, rows, seq_lens, graph)
-                     if info is not None and self.config.tail_slack else None)
-        if signature is not None:
-            step = self.reuse.follow(signature)
+        reusable = info is not None and self.config.tail_slack > 0
+        if reusable:
+            step = self.reuse.follow(info.reqs, rows, seq_lens, graph)
             if step is not None:
                 new_slots = forward_batch.out_cache_loc[:forward_batch.batch_size]
                 if graph:  # advanced in the graph workspace, at replay (graph.py)
@@ -216,9 +215,9 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
             forest = read_decode_forest(info.reqs, rows, seq_lens, info.tree_cache,
                                         self.req_to_token, verify=self.config.verify_tree)
         step = self._plan_forest(forest, forward_batch.batch_size,
-                                 self.config.tail_slack if signature is not None else 0)
-        if signature is not None:
-            self.reuse.remember(signature, step)
+                                 self.config.tail_slack if reusable else 0)
+        if reusable:
+            self.reuse.remember(BatchSignature.of(info.reqs, rows, seq_lens, graph), step)
         return step
 
     def _plan_verify(self, forward_batch, graph: bool = False) -> Optional[DeftStep]:

@@ -26,33 +26,49 @@ _PREFIX = operator.attrgetter("prefix_indices")
 
 
 def _same_objects(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(map(operator.is_, a, b))
+    """The same objects in the same order. SGLang's ``Req`` and ``TreeNode`` keep object's
+    identity equality, for which tuple ``==`` is exactly that test and runs in C; other types
+    (tensors: ``==`` compares elements) are compared with ``is``, one by one."""
+    if len(a) != len(b):
+        return False
+    if a and type(a[0]).__eq__ is object.__eq__ and type(b[0]).__eq__ is object.__eq__:
+        return a == b
+    return all(map(operator.is_, a, b))
 
 
 @dataclass
 class BatchSignature:
-    """What must hold still (or grow by one) for a plan to carry over to the next step."""
+    """What must hold still (or grow by one) for a plan to carry over to the next step.
+
+    This runs every decode step over every request, so each field is compared by C-level loops
+    (256 requests: a few microseconds per field)."""
 
     reqs: tuple
     rows: tuple
-    last_nodes: tuple  # compared by identity (C-level loops: this runs every decode step)
+    last_nodes: tuple  # compared by identity
     prefixes: tuple
-    seq_lens: np.ndarray
+    seq_lens: np.ndarray  # int64 [B], a copy (SGLang may update its tensor in place)
     graph: bool
 
     @classmethod
     def of(cls, reqs, rows, seq_lens, graph: bool) -> "BatchSignature":
         reqs = tuple(reqs)
         return cls(reqs, tuple(rows), tuple(map(_LAST_NODE, reqs)), tuple(map(_PREFIX, reqs)),
-                   np.asarray(seq_lens, dtype=np.int64), graph)
+                   np.array(seq_lens, dtype=np.int64), graph)
 
-    def follows(self, previous: "BatchSignature") -> bool:
-        """True when this batch is ``previous`` one decode step later."""
-        return (self.graph == previous.graph and _same_objects(self.reqs, previous.reqs)
-                and self.rows == previous.rows
-                and np.array_equal(self.seq_lens, previous.seq_lens + 1)
-                and _same_objects(self.last_nodes, previous.last_nodes)
-                and _same_objects(self.prefixes, previous.prefixes))
+    def advance(self, reqs, rows, seq_lens, graph: bool) -> bool:
+        """Whether ``(reqs, rows, seq_lens)`` is this batch one decode step later; if so the
+        signature moves to it (only the lengths differ). Compares in place, building no
+        per-request tuples: this runs every decode step."""
+        seq_lens = np.asarray(seq_lens)
+        same = (graph == self.graph and _same_objects(tuple(reqs), self.reqs)
+                and tuple(rows) == self.rows and seq_lens.shape == self.seq_lens.shape
+                and bool(np.all(seq_lens - self.seq_lens == 1))
+                and all(map(operator.is_, map(_LAST_NODE, reqs), self.last_nodes))
+                and all(map(operator.is_, map(_PREFIX, reqs), self.prefixes)))
+        if same:
+            self.seq_lens = np.array(seq_lens, dtype=np.int64)  # a copy: see the field
+        return same
 
 
 class PlanReuse:
@@ -75,13 +91,13 @@ class PlanReuse:
             return
         self._signature, self._step = signature, step
 
-    def follow(self, signature: BatchSignature) -> Optional[Any]:
-        """The kept step when ``signature`` is its batch one step later (with room left), else
+    def follow(self, reqs, rows, seq_lens, graph: bool) -> Optional[Any]:
+        """The kept step when this batch is its batch one step later (with room left), else
         None (and nothing kept). The caller advances the plan by one token per request."""
-        step, previous = self._step, self._signature
-        if step is None or step.plan.tails.room < 1 or not signature.follows(previous):
+        step, signature = self._step, self._signature
+        if step is None or step.plan.tails.room < 1 or \
+                not signature.advance(reqs, rows, seq_lens, graph):
             self.forget()
             return None
-        self._signature = signature
         self.reused += 1
         return step

@@ -207,8 +207,7 @@ def read_decode_forest(reqs: Sequence, req_pool_indices: Sequence[int], seq_lens
     -------
     DecodeForest
     """
-    rows = [int(r) for r in req_pool_indices]
-    lens = [int(s) for s in seq_lens]
+    rows, lens = host_ints(req_pool_indices), host_ints(seq_lens)
     if not (len(reqs) == len(rows) == len(lens)):
         raise ValueError(f"batch sizes differ: {len(reqs)} reqs, {len(rows)} rows, {len(lens)} lens")
     root = tree_cache.root_node if tree_cache_supported(tree_cache) else None
@@ -245,16 +244,18 @@ def host_ints(values) -> list[int]:
 
 def decode_batch_view(forward_batch, info) -> Optional[tuple]:
     """(``info``, pool rows, sequence lengths) of a decode ForwardBatch on the host, or None for
-    a padded or split batch (``info``: its ``DeftBatchInfo`` or None)."""
+    a padded or split batch (``info``: its ``DeftBatchInfo`` or None; rows a list of ints,
+    lengths an integer numpy array)."""
     batch_size = forward_batch.batch_size
     if info is not None and len(info.reqs) != batch_size:
         return None
-    if forward_batch.seq_lens_cpu is not None:
-        seq_lens = host_ints(forward_batch.seq_lens_cpu[:batch_size])
+    seq_lens_cpu = forward_batch.seq_lens_cpu
+    if seq_lens_cpu is not None and seq_lens_cpu.device.type == "cpu":
+        seq_lens = seq_lens_cpu[:batch_size].numpy()  # a view: copy before keeping it
     elif info is not None and info.seq_lens is not None:
-        seq_lens = list(info.seq_lens)
+        seq_lens = np.asarray(info.seq_lens, dtype=np.int64)
     else:
-        seq_lens = host_ints(forward_batch.seq_lens[:batch_size].cpu())
+        seq_lens = forward_batch.seq_lens[:batch_size].cpu().numpy()
     if info is not None and info.req_pool_indices is not None:
         rows = list(info.req_pool_indices)
     else:

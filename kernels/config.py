@@ -29,6 +29,8 @@ class PlannerConfig:
     max_registers : cap on phase 1's registers per thread (0 = the compiler's choice). The
         kernel holds both row tiles, so the compiler sizes it for the 64-row one; a cap lets more
         programs share an SM (more loads in flight) at the risk of spills.
+    merge_block_h : query heads per merge program (0 = by batch size, see
+        ``merge.merge_launch_shape``; else a power of two).
     split_launches : phase 1 in two launches: items of more than 16 rows (listed first) in the
         kernel with both row tiles, the rest in the 16-row-tile kernel (fewer registers). Off:
         the whole work list runs in one kernel, the two-tile one when any item needs it.
@@ -52,6 +54,7 @@ class PlannerConfig:
     fixed_chunk_tokens: int = 0
     split_launches: bool = False
     max_registers: int = 0
+    merge_block_h: int = 0
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -70,5 +73,8 @@ class PlannerConfig:
         if self.max_registers and not 24 <= self.max_registers <= 255:
             raise ValueError(f"PlannerConfig.max_registers must be 0 or in [24, 255], "
                              f"got {self.max_registers}")
+        if self.merge_block_h < 0 or self.merge_block_h & (self.merge_block_h - 1):
+            raise ValueError(f"PlannerConfig.merge_block_h must be 0 or a power of two, "
+                             f"got {self.merge_block_h}")
         if self.reread_group_rows < 16:
             raise ValueError("PlannerConfig.reread_group_rows must be >= 16")

@@ -69,13 +69,18 @@ def _merge_partials_kernel(
 
 
 def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_partials: int,
-                       num_sms: int) -> tuple[int, int]:
+                       num_sms: int, block_h: int = 0) -> tuple[int, int]:
     """(BLOCK_H, BLOCK_P) for the merge: enough programs to fill the GPU, few block launches
     (a launch per (query, head) is limited by block scheduling at large batches), and most
-    queries merged in one step (a serial chain of loads is latency-bound)."""
-    block_h = 1
-    while block_h < num_heads and num_queries * (-(-num_heads // (2 * block_h))) >= 4 * num_sms:
-        block_h *= 2
+    queries merged in one step (a serial chain of loads is latency-bound).  ``block_h`` > 0
+    fixes the heads per program instead."""
+    if block_h > 0:
+        block_h = min(block_h, 1 << (num_heads - 1).bit_length())
+    else:
+        block_h = 1
+        while block_h < num_heads and \
+                num_queries * (-(-num_heads // (2 * block_h))) >= 4 * num_sms:
+            block_h *= 2
     if interpreter_active():  # the interpreter runs programs one by one: make few, wide ones
         block_h = 1 << (num_heads - 1).bit_length()
     block_d = 1 << (head_dim - 1).bit_length()

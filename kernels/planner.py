@@ -326,7 +326,7 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     num_partials = int(merge_slots.shape[0])
     most_partials = int(partial_counts.max()) if partial_counts.size else 1
     merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim, most_partials,
-                                     num_sms)
+                                     num_sms, config.merge_block_h)
     if config.fixed_chunk_tokens:  # the same tiles, so the same summation order, in any batch
         merge_shape = INVARIANT_MERGE_SHAPE
     node_tokens, node_queries = layout.node_tokens(), layout.node_queries()

@@ -95,7 +95,7 @@ class StaticTreeAttention:
         # with many heads per program an uncapped block_p spills, and the merge then costs as
         # much as phase 1 (H200, 1024 queries, 32 heads of 128: 239 us against 23 us).
         self.merge_shape = merge_launch_shape(max_queries, num_qo_heads, head_dim, merge_block_p,
-                                              sms)
+                                              sms, config.merge_block_h)
 
     def fits(self, plan: TreeAttentionPlan) -> bool:
         """Whether ``plan`` fits the buffers (and has this workspace's attention shape)."""
