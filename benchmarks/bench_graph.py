@@ -95,6 +95,14 @@ COLUMNS = [("workload", "workload"), ("queries", "queries"), ("unique_tokens", "
            ("plan_ms", "plan ms"), ("load_us", "load µs"), ("max_err_vs_eager", "max err")]
 
 
+def write_markdown(path: str, env: dict, rows: list[dict]) -> None:
+    cells = [{key: H.fmt(row[key], 2) if isinstance(row.get(key), float) else row.get(key, "")
+              for key, _ in COLUMNS} for row in rows]
+    with open(path, "w") as f:
+        f.write(H.env_markdown(env) + "\n\n"
+                + H.markdown_table(cells, [(label, key) for key, label in COLUMNS]) + "\n")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -114,8 +122,7 @@ def main(argv=None) -> int:
         H.log(" | ".join(f"{label} {H.fmt(row[key], 2) if isinstance(row[key], float) else row[key]}"
                          for key, label in COLUMNS))
         H.write_json(os.path.join(args.out, "graph.json"), dict(env=env, rows=rows))
-    with open(os.path.join(args.out, "graph.md"), "w") as f:
-        f.write(H.env_markdown(env) + "\n\n" + H.markdown_table(rows, COLUMNS) + "\n")
+    write_markdown(os.path.join(args.out, "graph.md"), env, rows)
     bad = [r["workload"] for r in rows if r["max_err_vs_eager"] > 2e-2]
     H.log(f"wrote {args.out}/graph.md; {'all match eager' if not bad else f'MISMATCH: {bad}'}")
     return 1 if bad else 0

@@ -133,13 +133,25 @@ def _cell(value):
     return value
 
 
+def write_markdown(path: str, env: dict, results: dict) -> None:
+    """One table per workload, fastest variant first."""
+    md = [f"# Planner sweep\n\n{H.env_markdown(env)}\n"]
+    for name, rows in results.items():
+        ok = sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
+        md.append(f"## {name}\n\n" + H.markdown_table(
+            [{k: _cell(v) for k, v in r.items()} for r in ok],
+            COLUMNS + [("× default", "vs_default")]) + "\n")
+    with open(path, "w") as f:
+        f.write("\n".join(md))
+
+
 def main(args) -> int:
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     K = H.import_deft()
     env = H.env_record(device)
     chosen = (WL.smoke_workloads()[:3] if args.cpu_smoke
               else WL.select(WL.full_workloads(quick=True), args.workloads))
-    results, md = {}, [f"# Planner sweep\n\n{H.env_markdown(env)}\n"]
+    results = {}
     for w in chosen:
         w = w.materialize(0)
         H.log(f"{w.name} ({w.heads.label}, {w.num_queries} queries, "
@@ -150,15 +162,11 @@ def main(args) -> int:
         base = next((r["us"] for r in rows if r["config"] == "default" and "us" in r), None)
         for r in ok:
             r["vs_default"] = r["us"] / base if base else None
-        md.append(f"## {w.name} ({w.heads.label})\n\n"
-                  + H.markdown_table([{k: _cell(v) for k, v in r.items()} for r in ok],
-                                   COLUMNS + [("× default", "vs_default")]) + "\n")
         if ok and base:
             H.log(f"  best: {ok[0]['config']} {ok[0]['us']:.1f} us "
                   f"({ok[0]['us'] / base:.2f}x default)")
     H.write_json(os.path.join(args.out, "sweep.json"), dict(env=env, results=results))
-    with open(os.path.join(args.out, "sweep.md"), "w") as f:
-        f.write("\n".join(md))
+    write_markdown(os.path.join(args.out, "sweep.md"), env, results)
     for spec in args.configs:
         ratios = [r["vs_default"] for rows in results.values() for r in rows
                   if r["config"] == (spec or "default") and r.get("vs_default")]
