@@ -11,8 +11,9 @@ slots get random values) and times what the backend does before each decode step
   calls before replaying a decode CUDA graph (plan, then load or advance the graph workspace).
 
 Workloads: ``fork`` (one cached prompt, ``--batch`` branches) and ``unshared`` (``--batch``
-independent prompts). Every step is reported as fresh (tree read and planned) or advanced
-(the last plan moved one token on). Runs on CPU (the Triton interpreter is never entered: no
+independent prompts). Every step is reported as fresh (tree read and planned), replanned (the
+same batch with its tail slack used up: the kept forest planned again, no tree read) or
+advanced (the last plan moved one token on). Runs on CPU (the Triton interpreter is never entered: no
 attention runs) and on the GPU host, where the numbers that matter are measured.
 Writes DIR/host.json and DIR/host.md.
 """
@@ -78,8 +79,12 @@ def timed_steps(sim, deft, graph: bool, steps: int, profiler=None) -> list[dict]
     from tests.deft_sglang.test_backend import forward_batch
     from tests.deft_sglang.test_graphs import replay_view
 
+    from deft_sglang import backend as backend_module
+
     runner = deft.model_runner if hasattr(deft, "model_runner") else None
-    records = []
+    records, reads = [], []
+    real_read = backend_module.read_decode_forest
+    backend_module.read_decode_forest = lambda *a, **k: reads.append(1) or real_read(*a, **k)
     for _ in range(steps):
         sim.decode()
         fb = forward_batch(sim, runner or _runner(deft))
@@ -97,9 +102,13 @@ def timed_steps(sim, deft, graph: bool, steps: int, profiler=None) -> list[dict]
         spent = time.perf_counter() - start
         if profiler is not None:
             profiler.disable()
-        records.append(dict(us=spent * 1e6, fresh=deft.reuse.fresh > fresh_before,
+        planned = deft.reuse.fresh > fresh_before
+        records.append(dict(us=spent * 1e6, fresh=planned and bool(reads),
+                            replanned=planned and not reads,
                             monitor_us=deft.monitor.timer.samples[-1] * 1e6))
+        reads.clear()
         sim.sample()
+    backend_module.read_decode_forest = real_read
     return records
 
 
@@ -110,7 +119,8 @@ def _runner(deft):
 def summarize(records: list[dict]) -> dict:
     out = {}
     for label, keep in (("all", lambda r: True), ("fresh", lambda r: r["fresh"]),
-                        ("advanced", lambda r: not r["fresh"])):
+                        ("replanned", lambda r: r["replanned"]),
+                        ("advanced", lambda r: not (r["fresh"] or r["replanned"]))):
         us = np.asarray([r["us"] for r in records if keep(r)])
         mon = np.asarray([r["monitor_us"] for r in records if keep(r)])
         if us.size:
@@ -162,13 +172,14 @@ def main(args) -> int:
     table = []
     for r in rows:
         entry = dict(case=f"{r['kind']} {r['mode']}")
-        for phase in ("fresh", "advanced"):
+        for phase in ("fresh", "replanned", "advanced"):
             for stat in ("steps", "p50_us", "p90_us"):
                 value = r.get(phase, {}).get(stat)
                 entry[f"{phase}_{stat}"] = "" if value is None else round(value)
         table.append(entry)
     cols = [("case", "case")] + [(f"{p} {s.replace('_us', ' µs')}", f"{p}_{s}")
-                                 for p in ("fresh", "advanced") for s in ("steps", "p50_us",
+                                 for p in ("fresh", "replanned", "advanced")
+                                 for s in ("steps", "p50_us",
                                                                           "p90_us")]
     md = (f"# DeFT host time per decode step ({args.batch} requests, {args.prompt}-token "
           f"prompts)\n\n{H.env_markdown(env)}\n\n{H.markdown_table(table, cols)}\n")

@@ -201,15 +201,18 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
             return None
         info, rows, seq_lens = view
         reusable = info is not None and self.config.tail_slack > 0
+        stale = None
         if reusable:
-            step = self.reuse.follow(info.reqs, rows, seq_lens, graph)
+            step, stale = self.reuse.follow(info.reqs, rows, seq_lens, graph)
             if step is not None:
                 new_slots = forward_batch.out_cache_loc[:forward_batch.batch_size]
                 if graph:  # advanced in the graph workspace, at replay (graph.py)
                     return DeftStep(step.plan, step.forest, step.batch_size, new_slots)
                 step.plan.extend_tails(new_slots)
                 return step
-        if info is None:
+        if stale is not None:  # the same batch, slack used up: its forest, tails grown
+            forest = stale.forest.with_tails_at(seq_lens)
+        elif info is None:
             forest = chain_forest(rows, seq_lens)
         else:
             forest = read_decode_forest(info.reqs, rows, seq_lens, info.tree_cache,

@@ -5,8 +5,9 @@ sequence one token longer and every request's RadixCache position (``last_node``
 ``prefix_indices``) untouched, attends to the same KV as the step before plus one new token per
 request. The backend then skips reading the tree and planning: the last plan, built with tail
 slack (:mod:`deft_sglang.kernels.tails`), is advanced on the device with the batch's
-``out_cache_loc``. Any other change (a request joins, finishes or is retracted, a prefix is
-re-inserted) or used-up slack means a fresh plan.
+``out_cache_loc``. When the slack is used up, the same batch is planned again from the kept
+forest with longer tails (no tree read). Any other change (a request joins, finishes or is
+retracted, a prefix is re-inserted) means a fresh plan from the tree.
 
 Why this is exact: a running request's ``req_to_token`` entries below its previous length never
 change while its RadixCache position is unchanged (SGLang rewrites a row only when it re-inserts
@@ -91,13 +92,18 @@ class PlanReuse:
             return
         self._signature, self._step = signature, step
 
-    def follow(self, reqs, rows, seq_lens, graph: bool) -> Optional[Any]:
-        """The kept step when this batch is its batch one step later (with room left), else
-        None (and nothing kept). The caller advances the plan by one token per request."""
+    def follow(self, reqs, rows, seq_lens, graph: bool) -> tuple[Optional[Any], Optional[Any]]:
+        """``(step, None)``: the kept step, when this batch is its batch one step later with
+        slack left (the caller advances the plan by one token per request). ``(None, step)``:
+        the same batch, but the slack is used up: the caller re-plans the kept step's forest
+        with longer tails (:meth:`DecodeForest.with_tails_at`) instead of reading the tree
+        again. ``(None, None)``: anything else (nothing is kept then)."""
         step, signature = self._step, self._signature
-        if step is None or step.plan.tails.room < 1 or \
-                not signature.advance(reqs, rows, seq_lens, graph):
+        if step is None or not signature.advance(reqs, rows, seq_lens, graph):
             self.forget()
-            return None
+            return None, None
+        if step.plan.tails.room < 1:
+            self.forget()
+            return None, step
         self.reused += 1
-        return step
+        return step, None

@@ -83,6 +83,17 @@ class DecodeForest:
         flat = ranges_on_device(first, self.node_len, req_to_token.device)
         return req_to_token.reshape(-1).index_select(0, flat).to(torch.int32)
 
+    def with_tails_at(self, seq_lens) -> "DecodeForest":
+        """This forest with every request's private tail running to ``seq_lens[b]`` (int [B],
+        batch order): the same batch some decode steps later, every tree position unchanged."""
+        node_len = self.node_len.copy()
+        tails = self.query_node.astype(np.int64)
+        node_len[tails] = np.asarray(seq_lens, dtype=np.int64) - self.node_start[tails]
+        if np.any(node_len[tails] < 1):
+            raise ValueError("a tail would shrink: the batch is not this forest's, later")
+        return DecodeForest(self.node_parent, self.node_row, self.node_start, node_len,
+                            self.query_node, self.num_tree_nodes, dict(self.fallbacks))
+
     def path_positions(self, b: int) -> list[tuple[int, int, int]]:
         """(row, start, length) of each node on query ``b``'s path, root first (for tests)."""
         out, n = [], int(self.query_node[b])

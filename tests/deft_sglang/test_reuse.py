@@ -66,3 +66,25 @@ def test_plan_reuse_survives_node_splits_and_evictions(sim_factory, deft_patches
             assert sim.tree_cache.evict(EvictParams(num_tokens=10_000)).num_tokens_evicted >= 40
         decode_step(sim, runner, deft, native, seed=80 + 10 * step)
     assert deft.reuse.reused == 3
+
+
+def test_used_up_slack_replans_the_same_forest_without_reading_the_tree(sim_factory,
+                                                                        deft_patches,
+                                                                        monkeypatch):
+    """Slack used up on an unchanged batch: the kept forest is planned again with its tails
+    grown to the new lengths (exact, checked against torch-native), the tree is not read."""
+    from deft_sglang import backend as backend_module
+
+    sim = sim_factory()
+    fork(sim, [[1000 + i, 5] for i in range(3)])
+    runner, deft, native, _ = backends(sim, config=DeftConfig(tail_slack=2))
+    reads = []
+    real_read = backend_module.read_decode_forest
+    monkeypatch.setattr(backend_module, "read_decode_forest",
+                        lambda *a, **k: reads.append(1) or real_read(*a, **k))
+    fresh = [decode_step(sim, runner, deft, native, seed=40 + 10 * step) for step in range(7)]
+    # planned, 2 advances, re-planned (slack used up), 2 advances, re-planned
+    assert fresh == [True, False, False, True, False, False, True]
+    assert len(reads) == 1  # only the first plan read the RadixCache
+    tails = deft._step.forest.query_node
+    assert (deft._step.forest.node_len[tails] >= 7).all()  # the tails grew with the steps
