@@ -209,3 +209,15 @@ def test_unsupported_cache_and_chains(sim_factory):
         assert_exact(forest, rows, lens, sim.req_to_token)
     with pytest.raises(ValueError, match="batch sizes differ"):
         read_decode_forest(sim.running.reqs, rows[:1], lens, sim.tree_cache)
+
+
+def test_tails_grow_in_place_and_never_shrink():
+    """``with_tails_at``: the same forest with each request's tail running to its new length;
+    tree nodes and the original forest are untouched, a shorter length is refused."""
+    forest = chain_forest([3, 5], [10, 7])  # two chains: tails start at 0
+    grown = forest.with_tails_at(np.array([12, 9]))
+    assert grown.node_len[grown.query_node].tolist() == [12, 9]
+    assert forest.node_len[forest.query_node].tolist() == [10, 7]
+    assert grown.node_row.tolist() == forest.node_row.tolist()
+    with pytest.raises(ValueError, match="shrink"):
+        forest.with_tails_at(np.array([0, 9]))
