@@ -28,14 +28,17 @@ class PlannerConfig:
         to the batch).
     max_registers : cap on phase 1's registers per thread (0 = the compiler's choice). The
         kernel holds both row tiles, so the compiler sizes it for the 64-row one; a cap lets more
-        programs share an SM (more loads in flight) at the risk of spills.
+        programs share an SM at the risk of spills. Caps of 128 and 168 were 4-13% slower
+        (geomean of 14 workloads, H200, ``benchmarks/sweep_config.py``), so none is set.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
     split_launches : phase 1 in two launches: items of more than 16 rows (listed first) in the
         kernel with both row tiles, the rest in the 16-row-tile kernel (fewer registers). Off:
         the whole work list runs in one kernel, the two-tile one when any item needs it.
         Results are the same either way (an item of at most 16 rows is computed with the same
-        tiles in both kernels); which is faster is for the GPU benchmarks to say.
+        tiles in both kernels). Measured slower: 1.35x the default's time (geomean of 14
+        workloads, H100; 1.36x on an H200 with ``small_block_n=32``;
+        ``benchmarks/sweep_config.py``), so it stays off.
     """
 
     block_n: int = 0
