@@ -10,7 +10,9 @@ started on ``--model-path`` with ``--load-format dummy``, then:
 * throughput: prefix ~1k / 8k / 16k x width 16 / 32 / 64 x 256 new tokens (``ignore_eos``),
   decode tokens per second of the branch batch (prefix cached first), its latency and time per
   output token; also parallel sampling (one ~1k prompt, ``n = 32``) and unshared traffic
-  (256 ~1k prompts, cached first, then 256 new tokens each).
+  (256 ~1k prompts, cached first, then 256 new tokens each), and a tree-of-thought program
+  whose branching follows the DeFT reasoning traces (``--tot``, ``examples/_tot_program.py``).
+  ``throughput.png`` and ``tpot.png`` plot the rows per launch (with matplotlib).
 
 Launches (decode CUDA graphs on, SGLang's default, unless said): ``stock`` (``--attention-backend
 triton``), ``stock_flashinfer`` (``--attention-backend flashinfer``), ``deft`` (``python -m
@@ -41,6 +43,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import EngineClient, HTTPClient  # noqa: E402
 from _e2e_metrics import Generation, compare  # noqa: E402
+from _e2e_plots import write_plots  # noqa: E402
+from _tot_program import run_tot  # noqa: E402
 
 LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_module", "deft_engine", "deft_eager",
             "deft_shadow")
@@ -78,6 +82,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time one ~1k-token prompt sampled n times (0: no)")
     p.add_argument("--unshared", type=int, default=256,
                    help="also time this many unshared ~1k-token prompts x 256 new tokens (0: no)")
+    p.add_argument("--tot", default="keywordToT:6", metavar="TRACE:TREES",
+                   help="also replay TREES tree-of-thought traces of TRACE side by side "
+                        "(examples/_tot_program.py; '' for none)")
+    p.add_argument("--tot-max-new", type=int, default=0,
+                   help="cap each ToT branch's new tokens (0: the trace's own lengths)")
     p.add_argument("--extra-server-args", default=DEFAULT_EXTRA,
                    help=f"appended to every launch (default: {DEFAULT_EXTRA!r})")
     p.add_argument("--groups", type=int, default=10)
@@ -93,6 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"unknown launches {sorted(unknown)}; choose from {', '.join(LAUNCHES)}")
     if args.quick:
         args.new_tokens, args.prefix_len = min(args.new_tokens, 24), min(args.prefix_len, 256)
+    if args.tot:
+        trace, _, trees = args.tot.partition(":")
+        if not trees.isdigit() or int(trees) < 1:
+            p.error(f"--tot must be TRACE:TREES (e.g. keywordToT:6), got {args.tot!r}")
+        args.tot = (trace, int(trees))
     prefixes, widths = (part.split(",") for part in args.grid.split(":"))
     args.grid = ([(1024, 16, 64)] if args.quick else
                  [(int(p_), int(w), 256) for p_ in prefixes for w in widths])
@@ -164,6 +178,10 @@ def run_throughput(client, args, vocab: int) -> list:
                                "n": args.parallel_n}, prefix=1024, width=args.parallel_n))
     if args.unshared and not args.quick:
         rows.append(run_unshared(client, args, vocab, rng))
+    if args.tot and not args.quick:
+        client.flush_cache()
+        rows.append(run_tot(client, vocab, *args.tot, seed=args.seed,
+                            max_new_cap=args.tot_max_new))
     return rows
 
 
@@ -360,6 +378,7 @@ def main(argv=None) -> int:
                   f"logprob diff max {summary['logprob_abs_diff_before_divergence']['max']:.4g}, "
                   f"{summary['divergences']} divergences "
                   f"({summary['divergence_gaps_within_noise']} within noise)", flush=True)
+    report["plots"] = write_plots(report, args.out)
     _write(args, report)
     ok = all(c["pass_token_equality_99"] and c["pass_divergences_are_noise"]
              for c in report["comparisons"].values())

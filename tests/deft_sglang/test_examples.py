@@ -38,6 +38,8 @@ class FakeSGLang(BaseHTTPRequestHandler):
         params = data.get("sampling_params") or {}
         if isinstance(prompts, str):  # the frontend language sends one prompt at a time
             return self._reply(self._result(len(FakeSGLang.calls), params))
+        if isinstance(params, list):  # one dict per prompt, as SGLang accepts for a batch
+            return self._reply([self._result(i, p) for i, p in enumerate(params)])
         n = int(params.get("n", 1))
         self._reply([self._result(i, params) for i in range(len(prompts) * n)])
 
@@ -48,7 +50,7 @@ class FakeSGLang(BaseHTTPRequestHandler):
         meta = {"completion_tokens": k, "cached_tokens": 0,
                 "output_token_logprobs": [[-0.1 * (1 + i % 3), t, None] for t in tokens],
                 "output_top_logprobs": [[[-0.1, t, None], [-0.9, t + 1, None]] for t in tokens]}
-        return {"text": " ".join(map(str, tokens)), "meta_info": meta}
+        return {"text": " ".join(map(str, tokens)), "output_ids": tokens, "meta_info": meta}
 
 
 @pytest.fixture
@@ -175,9 +177,10 @@ def test_e2e_throughput_rows_cover_fork_parallel_and_unshared(server):
     e2e = importlib.import_module("e2e_compare")
     common = importlib.import_module("_common")
     args = e2e.parse_args(["--model-path", "m", "--out", "o", "--grid", "64,128:2,3",
-                           "--parallel-n", "4", "--unshared", "3"])
+                           "--parallel-n", "4", "--unshared", "3", "--tot", "keywordToT:2",
+                           "--tot-max-new", "5"])
     rows = e2e.run_throughput(common.HTTPClient(server), args, vocab=1000)
-    assert [r["kind"] for r in rows] == ["fork"] * 4 + ["n-sample", "unshared"]
+    assert [r["kind"] for r in rows] == ["fork"] * 4 + ["n-sample", "unshared", "tot"]
     assert [(r["prefix"], r["width"]) for r in rows[:4]] == [(64, 2), (64, 3), (128, 2), (128, 3)]
     assert rows[4]["tokens"] == 4 * 256 and rows[5]["tokens"] == 3 * 256
     assert all(r["tpot_ms"] > 0 and r["decode_tok_s"] > 0 for r in rows)
@@ -188,3 +191,52 @@ def test_e2e_runs_every_example_against_a_server(server, tmp_path):
     results = e2e.run_examples(server, str(tmp_path), "deft")
     assert [r["example"] for r in results] == [m for m, _ in e2e.EXAMPLE_PROGRAMS]
     assert all(r["returncode"] == 0 for r in results), [open(r["log"]).read() for r in results]
+
+
+def test_tot_program_follows_the_trace(server):
+    """Level by level: each expanding node's children in one batch, prompts extending the path
+    (parent's prompt + its own output), the trace's token counts as max_new_tokens."""
+    tot = importlib.import_module("_tot_program")
+    common = importlib.import_module("_common")
+    tree = tot.load_trees("keywordToT", 1)[0]
+    kids = tot.children_of(tree)
+    row = tot.run_tot(common.HTTPClient(server), 1000, "keywordToT", 1)
+    gens = [d for p, d in FakeSGLang.calls if p == "/generate"]
+    root = gens[0]["input_ids"][0]
+    assert len(root) == tree["value"][0]                      # the prompt, prefilled first
+    expanding = [n for n in sorted(kids) if n != 0]            # BFS order: one per level
+    assert row["levels"] == len(gens) - 1 == 1 + len(expanding)
+    assert row["requests"] == sum(len(k) for k in kids.values())
+    level1 = gens[1]
+    assert [p[:-1] for p in level1["input_ids"]] == [root] * len(kids[0])
+    assert [sp["max_new_tokens"] for sp in level1["sampling_params"]] == [
+        tree["value"][c] for c in kids[0]]
+    # the next level extends the expanding child's own prompt and output tokens
+    child = expanding[0]
+    i = kids[0].index(child)
+    produced = FakeSGLang._result(i, {"max_new_tokens": tree["value"][child]})["output_ids"]
+    assert all(p[:-1] == root + [3 + i] + produced for p in gens[2]["input_ids"])
+    assert row["tokens"] == sum(tree["value"][n] for k in kids.values() for n in k)
+
+
+def test_tot_program_rejects_unknown_traces_and_counts(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.abspath(EXAMPLES))
+    tot = importlib.import_module("_tot_program")
+    with pytest.raises(ValueError, match="unknown ToT trace"):
+        tot.load_trees("nopeToT", 1)
+    with pytest.raises(ValueError, match="asks for 99 trees"):
+        tot.load_trees("keywordToT", 99)
+
+
+def test_e2e_plots_one_bar_per_launch(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(os.path.abspath(EXAMPLES))
+    plots = importlib.import_module("_e2e_plots")
+    rows = [{"kind": "fork", "prefix": 1024, "width": 16, "decode_tok_s": 10.0, "tpot_ms": 2.0},
+            {"kind": "tot", "trace": "keywordToT", "trees": 6, "decode_tok_s": 5.0}]
+    report = {"launches": {"stock": {"throughput": rows}, "deft": {"throughput": rows[:1]}}}
+    labels, by_launch = plots.series(report, "decode_tok_s")
+    assert labels == ["fork 1024x16", "ToT keywordToT x6"]
+    assert by_launch == {"stock": [10.0, 5.0], "deft": [10.0, None]}
+    written = plots.write_plots(report, str(tmp_path))
+    assert [os.path.basename(p) for p in written] == ["throughput.png", "tpot.png"]
