@@ -321,7 +321,8 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
 
     kv_indices, query_order, d_indptr, d_slots, d_items = _upload(
         layout, kv_source, merge_indptr, merge_slots, items, device)
-    tails = spread.tails(item_node[order], item_last[order], device) if spread else None
+    tails = (spread.tails(item_node[order], item_last[order], items[1], device) if spread
+             else None)
 
     num_partials = int(merge_slots.shape[0])
     most_partials = int(partial_counts.max()) if partial_counts.size else 1

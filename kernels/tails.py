@@ -48,9 +48,10 @@ class TailSpread:
         out[ranges_on_device(self.new_indptr[:-1], tokens, "cpu").numpy()] = kv_indices
         return out
 
-    def tails(self, item_node: np.ndarray, item_last: np.ndarray,
+    def tails(self, item_node: np.ndarray, item_last: np.ndarray, item_len: np.ndarray,
               device: torch.device) -> "TailSlack":
-        """The device state of the plan's tails; ``item_node``/``item_last`` in final item order."""
+        """The device state of the plan's tails; ``item_node``/``item_last``/``item_len`` (each
+        item's ``kv_len``) in final item order."""
         num_queries = self.query_node.shape[0]
         query_of_node = np.full(self.old_indptr.shape[0] - 1, -1, dtype=np.int64)
         query_of_node[self.query_node] = np.arange(num_queries)
@@ -58,10 +59,11 @@ class TailSpread:
         open_items = np.empty(num_queries, dtype=np.int64)
         open_items[query_of_node[item_node[position]]] = position
         next_pos = self.new_indptr[self.query_node] + np.diff(self.old_indptr)[self.query_node]
-        return TailSlack(room=self.slack,
-                         next_pos=host_to_device(next_pos, device),
-                         open_items=host_to_device(open_items, device),
-                         ones=torch.ones(num_queries, dtype=torch.int32, device=device))
+        state = host_to_device(np.concatenate([next_pos, open_items, item_len[open_items]]),
+                               device)
+        return TailSlack(room=self.slack, next_pos=state[:num_queries],
+                         open_items=state[num_queries:2 * num_queries],
+                         tail_len=state[2 * num_queries:].to(torch.int32))
 
 
 def tail_spread(parent: np.ndarray, kv_indptr: np.ndarray, query_node: np.ndarray,
@@ -90,12 +92,15 @@ class TailSlack:
     room : steps the plan can still be advanced.
     next_pos : int64 [B] flattened index position of each query's next token.
     open_items : int64 [B] the work item (in the plan's order) holding each tail's last chunk.
+    tail_len : int32 [B] that item's ``kv_len`` now.  Extending writes it whole
+        (``index_copy_``) rather than adding to the buffer: no atomics and no deterministic-mode
+        sort path, and any buffer it is written into ends up right.
     """
 
     room: int
     next_pos: torch.Tensor
     open_items: torch.Tensor
-    ones: torch.Tensor
+    tail_len: torch.Tensor
 
     def extend(self, new_slots: torch.Tensor, kv_indices: torch.Tensor,
                items: torch.Tensor) -> None:
@@ -107,6 +112,7 @@ class TailSlack:
             raise ValueError(f"new_slots must have shape {tuple(self.next_pos.shape)}, "
                              f"got {tuple(new_slots.shape)}")
         kv_indices.index_copy_(0, self.next_pos, new_slots.to(torch.int32))
-        items[1].index_add_(0, self.open_items, self.ones)
+        self.tail_len += 1
+        items[1].index_copy_(0, self.open_items, self.tail_len)
         self.next_pos += 1
         self.room -= 1
