@@ -77,6 +77,24 @@ def make_planner(K, wl, device, config):
     return lambda validate=True: K.plan_tree_attention(*arrays, validate=validate, **kwargs)
 
 
+def advance_host_us(K, wl, device, config, reps: int):
+    """Host µs to advance a plan one decode step in place (``extend_tails``: what a server
+    step whose batch only grew costs instead of planning afresh); None when the tree's queries
+    are not private tails (then every step plans afresh)."""
+    if "tail_slack" not in inspect.signature(K.plan_tree_attention).parameters:
+        return None
+    arrays = (wl.node_parent, wl.node_kv_indptr, wl.node_kv_indices, wl.query_node)
+    h = wl.heads
+    plan = K.plan_tree_attention(*arrays, num_qo_heads=h.num_qo_heads,
+                                 num_kv_heads=h.num_kv_heads, head_dim=h.head_dim, device=device,
+                                 validate=False, config=config, tail_slack=reps + 4)
+    if plan.tails is None:
+        return None
+    slots = torch.arange(wl.num_queries, device=device) % wl.num_slots
+    return H.time_host(lambda: plan.extend_tails(slots), device, reps=reps, warmup=2,
+                       sync_each=False)["host_us"]
+
+
 class Runner:
     def __init__(self, args, device, K):
         self.args, self.device, self.K = args, device, K
@@ -160,6 +178,7 @@ class Runner:
         rec["plan"] = H.time_host(planner, dev, reps=reps)
         rec["plan"]["novalidate_host_us"] = H.time_host(
             lambda: planner(validate=False), dev, reps=reps)["host_us"]
+        rec["plan"]["advance_host_us"] = advance_host_us(K, wl, dev, self.config, reps)
         plan = planner()
         rec["stats"] = dict(plan.stats())
         out = torch.empty_like(q)
