@@ -45,5 +45,5 @@ fi
 SPEC="--speculative-algorithm STANDALONE --speculative-draft-model-path $DRAFT \
 --speculative-num-steps 3 --speculative-eagle-topk 4 --speculative-num-draft-tokens 16"
 python3 "$HERE/examples/e2e_compare.py" --model-path "$MODELS/$TARGET" --out "$OUT" \
-    --launches stock,deft --grid 1024,8192:16,64 --parallel-n 0 --unshared 0 \
+    --launches stock,deft --grid 1024,8192:16,64 --parallel-n 0 --unshared 0 --tot "" \
     --extra-server-args "$SPEC $GRAPHS --sampling-backend pytorch --skip-server-warmup"

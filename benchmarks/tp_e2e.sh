@@ -26,7 +26,7 @@ for tp in $TPS; do
     echo "== tp $tp"
     python3 "$HERE/examples/e2e_compare.py" --model-path "$MODELS/llama3-8b-shape" \
         --out "$OUT/tp$tp" --launches stock,deft --grid "${TP_GRID:-1024,8192:16,64}" \
-        --parallel-n 0 --unshared 0 \
+        --parallel-n 0 --unshared 0 --tot "" \
         --extra-server-args "--tp $tp --sampling-backend pytorch --skip-server-warmup" || status=1
 done
 exit $status
