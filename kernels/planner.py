@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,7 +148,7 @@ class TreeAttentionPlan:
     block_n: int
     merge_shape: tuple
     config: PlannerConfig
-    _stats: dict = field(default_factory=dict)
+    _stats: Any = field(default_factory=dict)  # the dict, or a function computing it once
     tails: TailSlack | None = None     # set when planned with tail slack (see kernels.tails)
     _workspace: dict = field(default_factory=dict)
     num_large_items: int = -1          # split_launches: items [0, n) have over 16 rows; else -1
@@ -162,6 +163,8 @@ class TreeAttentionPlan:
         per_request_kv_tokens : what per-request decode reads (sum of path lengths).
         partial_bytes : bytes of partial results phase 1 writes (phase 2 reads them once).
         """
+        if callable(self._stats):
+            self._stats = self._stats()
         return dict(self._stats)
 
     def extend_tails(self, new_slots: torch.Tensor, kv_indices: torch.Tensor | None = None,
@@ -258,6 +261,35 @@ def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None
         raise ValueError("out must match q's shape and dtype, with unit stride on head_dim")
 
 
+def _lazy_stats(layout: TreeLayout, items: np.ndarray, rows: np.ndarray, block_m: int,
+                block_n: int, merge_shape, partial_counts: np.ndarray, num_partials: int,
+                partial_bytes: int):
+    """``plan.stats()``'s dict, computed on first use: a server plans every few steps and
+    reads the stats far less often (about 10% of a plan's host time)."""
+    def compute() -> dict:
+        node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
+        needed = node_queries > 0
+        tiles_per_item = np.where(rows <= SMALL_M, 1, -(-rows // block_m))
+        return dict(
+            num_nodes=layout.num_nodes,
+            num_queries=layout.num_queries,
+            num_groups=int(np.sum(needed & (node_tokens > 0))),
+            num_work_items=int(items.shape[1]),
+            num_partials=num_partials,
+            max_partials_per_query=int(partial_counts.max()) if partial_counts.size else 0,
+            merge_shape=merge_shape,
+            unique_kv_tokens=int(np.sum(node_tokens[needed])),
+            loaded_kv_tokens=int(np.sum(items[1])),
+            l2_reread_kv_tokens=int(np.sum(items[1] * (tiles_per_item - 1))),
+            per_request_kv_tokens=int(np.sum(node_tokens
+                                             * (layout.query_end - layout.query_begin))),
+            partial_bytes=partial_bytes,
+            block_n=block_n,
+            row_tiles=int(np.sum(tiles_per_item)),
+        )
+    return compute
+
+
 def _padded_rows(rows: np.ndarray, block_m: int) -> np.ndarray:
     """Rows a program computes for an item: the row count padded to its row tiles."""
     return np.where(rows <= SMALL_M, SMALL_M, -(-rows // block_m) * block_m)
@@ -330,26 +362,10 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
                                      num_sms, config.merge_block_h)
     if config.fixed_chunk_tokens:  # the same tiles, so the same summation order, in any batch
         merge_shape = INVARIANT_MERGE_SHAPE
-    node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
-    needed = node_queries > 0
-    tiles_per_item = np.where(rows <= SMALL_M, 1, -(-rows // block_m))
-    stats = dict(
-        num_nodes=layout.num_nodes,
-        num_queries=layout.num_queries,
-        num_groups=int(np.sum(needed & (node_tokens > 0))),
-        num_work_items=int(items.shape[1]),
-        num_partials=num_partials,
-        max_partials_per_query=int(partial_counts.max()) if partial_counts.size else 0,
-        merge_shape=merge_shape,
-        unique_kv_tokens=int(np.sum(node_tokens[needed])),
-        loaded_kv_tokens=int(np.sum(items[1])),
-        l2_reread_kv_tokens=int(np.sum(items[1] * (tiles_per_item - 1))),
-        per_request_kv_tokens=int(np.sum(node_tokens * (layout.query_end - layout.query_begin))),
-        partial_bytes=num_partials * num_qo_heads * (
-            head_dim * (4 if config.fp32_partials else kv_elem_bytes) + 4),
-        block_n=block_n,
-        row_tiles=int(np.sum(tiles_per_item)),
-    )
+    partial_bytes = num_partials * num_qo_heads * (
+        head_dim * (4 if config.fp32_partials else kv_elem_bytes) + 4)
+    stats = _lazy_stats(layout, items, rows, block_m, block_n, merge_shape, partial_counts,
+                        num_partials, partial_bytes)
     # Without large items the large-tile branch is compiled out (fewer registers); batch-invariant
     # plans keep one kernel variant whatever the batch holds.
     needs_large = config.fixed_chunk_tokens or (rows.size and rows.max() > SMALL_M)
