@@ -50,7 +50,8 @@ def parse_args(argv=None):
 
 
 def build(kind: str, args):
-    """A SimScheduler with ``args.batch`` running requests and a DeFT backend over it."""
+    """(SimScheduler with ``args.batch`` running requests, its model-runner stand-in, a DeFT
+    backend over it)."""
     from deft_sglang.config import DeftConfig
     from tests.deft_sglang.sim import SimScheduler
     from tests.deft_sglang.test_backend import backends
@@ -71,49 +72,46 @@ def build(kind: str, args):
         sim.submit([rng.integers(3, 8000, args.prompt).tolist() for _ in range(args.batch)],
                    max_new_tokens=args.steps + 8)
     overrides = {} if args.tail_slack is None else dict(tail_slack=args.tail_slack)
-    _, deft, _, _ = backends(sim, config=DeftConfig(**overrides))
-    return sim, deft
+    runner, deft, _, _ = backends(sim, config=DeftConfig(**overrides))
+    return sim, runner, deft
 
 
-def timed_steps(sim, deft, graph: bool, steps: int, profiler=None) -> list[dict]:
+def timed_steps(sim, runner, deft, graph: bool, steps: int, profiler=None) -> list[dict]:
     from tests.deft_sglang.test_backend import forward_batch
     from tests.deft_sglang.test_graphs import replay_view
 
     from deft_sglang import backend as backend_module
 
-    runner = deft.model_runner if hasattr(deft, "model_runner") else None
     records, reads = [], []
     real_read = backend_module.read_decode_forest
     backend_module.read_decode_forest = lambda *a, **k: reads.append(1) or real_read(*a, **k)
-    for _ in range(steps):
-        sim.decode()
-        fb = forward_batch(sim, runner or _runner(deft))
-        view = replay_view(fb, max_bs=fb.batch_size) if graph else None
-        fresh_before = deft.reuse.fresh
-        if profiler is not None and deft.reuse.fresh:
-            profiler.enable()
-        start = time.perf_counter()
-        if graph:
-            assert deft.deft_prepare_graph_replay(fb)
-            deft.init_forward_metadata_out_graph(view)
-        else:
-            deft.init_forward_metadata(fb)
-        H.sync(sim.device)
-        spent = time.perf_counter() - start
-        if profiler is not None:
-            profiler.disable()
-        planned = deft.reuse.fresh > fresh_before
-        records.append(dict(us=spent * 1e6, fresh=planned and bool(reads),
-                            replanned=planned and not reads,
-                            monitor_us=deft.monitor.timer.samples[-1] * 1e6))
-        reads.clear()
-        sim.sample()
-    backend_module.read_decode_forest = real_read
+    try:
+        for _ in range(steps):
+            sim.decode()
+            fb = forward_batch(sim, runner)
+            view = replay_view(fb, max_bs=fb.batch_size) if graph else None
+            fresh_before = deft.reuse.fresh
+            if profiler is not None and deft.reuse.fresh:
+                profiler.enable()
+            start = time.perf_counter()
+            if graph:
+                assert deft.deft_prepare_graph_replay(fb)
+                deft.init_forward_metadata_out_graph(view)
+            else:
+                deft.init_forward_metadata(fb)
+            H.sync(sim.device)
+            spent = time.perf_counter() - start
+            if profiler is not None:
+                profiler.disable()
+            planned = deft.reuse.fresh > fresh_before
+            records.append(dict(us=spent * 1e6, fresh=planned and bool(reads),
+                                replanned=planned and not reads,
+                                monitor_us=deft.monitor.timer.samples[-1] * 1e6))
+            reads.clear()
+            sim.sample()
+    finally:
+        backend_module.read_decode_forest = real_read
     return records
-
-
-def _runner(deft):
-    return deft.__dict__.get("_bench_runner")
 
 
 def summarize(records: list[dict]) -> dict:
@@ -132,20 +130,15 @@ def summarize(records: list[dict]) -> dict:
 
 def run_case(kind: str, graph: bool, args, profiler=None) -> dict:
     from tests.deft_sglang.test_backend import forward_batch
-    from tests.deft_sglang.test_graphs import replay_view
 
-    sim, deft = build(kind, args)
-    from tests.deft_sglang.conftest import make_runner
-
-    runner = make_runner(sim)
-    deft.__dict__["_bench_runner"] = runner
+    sim, runner, deft = build(kind, args)
     if graph:  # capture: graph state for this batch size, an empty work list
         deft.init_cuda_graph_state(args.batch, args.batch)
         sim.decode()
         fb = forward_batch(sim, runner)
         deft.init_forward_metadata_out_graph(fb, in_capture=True)
         sim.sample()
-    records = timed_steps(sim, deft, graph, args.steps, profiler)
+    records = timed_steps(sim, runner, deft, graph, args.steps, profiler)
     return dict(kind=kind, mode="graph" if graph else "eager", batch=args.batch,
                 prompt=args.prompt, **summarize(records))
 

@@ -65,7 +65,8 @@ PREPARE = {"sglang_triton": BL.prepare_sglang, "flashinfer_decode": BL.prepare_f
            "flashinfer_cascade": BL.prepare_flashinfer_cascade}
 
 
-def make_planner(K, wl, device, config):
+def make_planner(K, wl, device, config, **extra):
+    """``planner(validate=True)`` -> a plan of ``wl``; ``extra``: more keyword arguments."""
     accepted = inspect.signature(K.plan_tree_attention).parameters
     kwargs = dict(num_qo_heads=wl.heads.num_qo_heads, num_kv_heads=wl.heads.num_kv_heads,
                   head_dim=wl.heads.head_dim, device=device, num_slots=wl.num_slots)
@@ -74,7 +75,8 @@ def make_planner(K, wl, device, config):
     if config is not None:
         kwargs["config"] = config
     arrays = (wl.node_parent, wl.node_kv_indptr, wl.node_kv_indices, wl.query_node)
-    return lambda validate=True: K.plan_tree_attention(*arrays, validate=validate, **kwargs)
+    return lambda validate=True: K.plan_tree_attention(*arrays, validate=validate, **kwargs,
+                                                       **extra)
 
 
 def advance_host_us(K, wl, device, config, reps: int):
@@ -83,11 +85,7 @@ def advance_host_us(K, wl, device, config, reps: int):
     are not private tails (then every step plans afresh)."""
     if "tail_slack" not in inspect.signature(K.plan_tree_attention).parameters:
         return None
-    arrays = (wl.node_parent, wl.node_kv_indptr, wl.node_kv_indices, wl.query_node)
-    h = wl.heads
-    plan = K.plan_tree_attention(*arrays, num_qo_heads=h.num_qo_heads,
-                                 num_kv_heads=h.num_kv_heads, head_dim=h.head_dim, device=device,
-                                 validate=False, config=config, tail_slack=reps + 4)
+    plan = make_planner(K, wl, device, config, tail_slack=reps + 4)(validate=False)
     if plan.tails is None:
         return None
     slots = torch.arange(wl.num_queries, device=device) % wl.num_slots
