@@ -22,6 +22,9 @@
 #           its grid)
 #   host    benchmarks/bench_host.py (host time per decode step, 256 requests)
 #   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
+#   srvprof benchmarks/profile_server.py: torch-profiler summary of decode steps in the servers,
+#           llama3-8b-shape 8k x 64 (deft, stock_flashinfer, stock) and llama-1b-shape 1k x 64
+#           (deft, stock)
 #   profile benchmarks/sweep_config.py (per-kernel time, planner variants), then Nsight Compute
 #           sections of the DeFT kernels on three workloads (WORK/profile/ncu-*.txt)
 set -u
@@ -57,6 +60,11 @@ for step in $STEPS; do
     case $step in
     tests) run tests 1500 python3 -m pytest tests -q -p no:cacheprovider --durations=25 \
                "${PYTEST_WORKERS[@]}" ;;
+    srvprof) run srvprof 1500 bash -c "python3 benchmarks/profile_server.py \
+                 --model-path '$MODELS/llama3-8b-shape' --out '$WORK/srvprof/8b' \
+                 --launches deft,stock_flashinfer,stock --prefix 8192 --width 64; \
+                 python3 benchmarks/profile_server.py --model-path '$MODELS/llama-1b-shape' \
+                 --out '$WORK/srvprof/1b' --launches deft,stock --prefix 1024 --width 64" ;;
     graph) run graph 400 python3 benchmarks/bench_graph.py --out "$WORK/graph" --quick ;;
     e2e1b) run e2e1b 1500 python3 examples/e2e_compare.py --model-path "$MODELS/llama-1b-shape" \
                --out "$WORK/e2e1b" --launches deft,deft_module,deft_engine,stock --examples \

@@ -150,7 +150,8 @@ def main(args) -> int:
     K = H.import_deft()
     env = H.env_record(device)
     chosen = (WL.smoke_workloads()[:3] if args.cpu_smoke
-              else WL.select(WL.full_workloads(quick=True), args.workloads))
+              else WL.select(WL.server_workloads() + WL.full_workloads(quick=True),
+                             args.workloads))
     results = {}
     for w in chosen:
         w = w.materialize(0)

@@ -274,14 +274,16 @@ def full_workloads(quick: bool = False) -> list[Workload]:
 def server_workloads() -> list[Workload]:
     """The decode batches of the end-to-end runs where DeFT trailed stock (H100, llama-1b-shape:
     32/8 heads of 64): 1k prompt x 64 forks, n = 32 parallel sampling of a 1k prompt, 256
-    unshared ~1.1k requests; and the 1k x 64 fork with Llama-3-8B heads. Tails of 128 tokens
-    stand for the middle of a 256-token generation."""
+    unshared ~1.1k requests; and the 1k / 8k x 64 forks with Llama-3-8B heads (the 8k one is the
+    issue's end-to-end target). Tails of 128 tokens stand for the middle of a 256-token
+    generation."""
     small = Heads(32, 8, 64)
     return [Workload("srv1b-fork-1024x64", "server", fanout_tree(1024, 64, 128), heads=small),
             Workload("srv1b-nsample-1024x32", "server", fanout_tree(1024, 32, 128), heads=small),
             Workload("srv1b-unshared-256x1100", "server", unshared_tree([1100] * 256),
                      heads=small),
-            Workload("srv8b-fork-1024x64", "server", fanout_tree(1024, 64, 128))]
+            Workload("srv8b-fork-1024x64", "server", fanout_tree(1024, 64, 128)),
+            Workload("srv8b-fork-8192x64", "server", fanout_tree(8192, 64, 128))]
 
 
 def smoke_workloads() -> list[Workload]:
