@@ -32,6 +32,12 @@ class PlannerConfig:
         (geomean of 14 workloads, H200, ``benchmarks/sweep_config.py``), so none is set.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
+    merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
+        partial per step with the loop's loads pipelined this deep (a 2-D tile).
+    merge_warps : warps per merge program.
+    interleave_heads : phase 1 takes (work item, KV head) pairs item-major, so the heaviest
+        items of every KV head start first; off, the GPU's block order runs the heads one after
+        another and the last head's heavy items start last.
     split_launches : phase 1 in two launches: items of more than 16 rows (listed first) in the
         kernel with both row tiles, the rest in the 16-row-tile kernel (fewer registers). Off:
         the whole work list runs in one kernel, the two-tile one when any item needs it.
@@ -58,6 +64,9 @@ class PlannerConfig:
     split_launches: bool = False
     max_registers: int = 0
     merge_block_h: int = 0
+    interleave_heads: bool = False
+    merge_stages: int = 0
+    merge_warps: int = 4
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -79,5 +88,8 @@ class PlannerConfig:
         if self.merge_block_h < 0 or self.merge_block_h & (self.merge_block_h - 1):
             raise ValueError(f"PlannerConfig.merge_block_h must be 0 or a power of two, "
                              f"got {self.merge_block_h}")
+        if self.merge_stages < 0 or self.merge_warps not in (1, 2, 4, 8):
+            raise ValueError(f"PlannerConfig.merge_stages must be >= 0 and merge_warps 1, 2, 4 "
+                             f"or 8, got {self.merge_stages}, {self.merge_warps}")
         if self.reread_group_rows < 16:
             raise ValueError("PlannerConfig.reread_group_rows must be >= 16")

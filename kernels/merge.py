@@ -68,6 +68,52 @@ def _merge_partials_kernel(
              + offs_d[None, :], result.to(out_ptr.dtype.element_ty), mask=mask_hd)
 
 
+@triton.jit
+def _merge_sequential_kernel(
+    partial_out_ptr, partial_lse_ptr, merge_indptr_ptr, merge_slots_ptr, out_ptr,
+    extra_out_ptr, extra_lse_ptr,
+    stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, stride_eb, stride_eh, stride_le,
+    num_heads,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, STAGES: tl.constexpr,
+    EXTRA: tl.constexpr,
+):
+    """The merge one partial at a time (a [BLOCK_H, BLOCK_D] tile per step, few registers, many
+    programs per SM); the loop's loads are software-pipelined ``STAGES`` deep."""
+    query = tl.program_id(0)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < num_heads
+    begin = tl.load(merge_indptr_ptr + query)
+    end = tl.load(merge_indptr_ptr + query + 1)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_hd = mask_h[:, None] & (offs_d < HEAD_DIM)[None, :]
+    m_run = tl.full([BLOCK_H], -float("inf"), tl.float32)
+    weight_sum = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    if EXTRA:  # start from the query's extra partial (weight 1 at its own LSE, 0 when empty)
+        m_run = tl.load(extra_lse_ptr + query.to(tl.int64) * stride_le + offs_h, mask=mask_h,
+                        other=-float("inf"))
+        weight_sum = tl.where(m_run == -float("inf"), 0.0, 1.0)
+        acc = tl.load(extra_out_ptr + query.to(tl.int64) * stride_eb
+                      + offs_h[:, None] * stride_eh + offs_d[None, :],
+                      mask=mask_hd, other=0.0).to(tl.float32) * weight_sum[:, None]
+    for index in tl.range(begin, end, num_stages=STAGES):
+        slot = tl.load(merge_slots_ptr + index).to(tl.int64)
+        lse = tl.load(partial_lse_ptr + slot * stride_lp + offs_h, mask=mask_h,
+                      other=-float("inf"))
+        part = tl.load(partial_out_ptr + slot * stride_pp + offs_h[:, None] * stride_ph
+                       + offs_d[None, :], mask=mask_hd, other=0.0).to(tl.float32)
+        m_new = tl.maximum(m_run, lse)
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+        scale_old = tl.exp2(m_run - m_safe)
+        w = tl.exp2(lse - m_safe)
+        weight_sum = weight_sum * scale_old + w
+        acc = acc * scale_old[:, None] + part * w[:, None]
+        m_run = m_new
+    result = tl.where(weight_sum[:, None] > 0, acc / weight_sum[:, None], 0.0)
+    tl.store(out_ptr + query.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh
+             + offs_d[None, :], result.to(out_ptr.dtype.element_ty), mask=mask_hd)
+
+
 def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_partials: int,
                        num_sms: int, block_h: int = 0) -> tuple[int, int]:
     """(BLOCK_H, BLOCK_P) for the merge: enough programs to fill the GPU, few block launches
@@ -91,21 +137,24 @@ def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_par
 
 
 def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_h: int = 1,
-                 block_p: int = 8, extra=None):
+                 block_p: int = 8, extra=None, stages: int = 0, num_warps: int = 4):
     """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync.
-    ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`).
+    ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`);
+    ``stages`` > 0: one partial per step instead, the loop pipelined that deep.
     ``extra``: optional ``(extra_out, extra_lse)``, one more partial per query (row b)."""
     num_queries, num_qo_heads, head_dim = out.shape
     if num_queries == 0:
         return
     extra_out, extra_lse = extra if extra is not None else (partial_out, partial_lse)
-    _merge_partials_kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
+    kernel, options = ((_merge_sequential_kernel, dict(STAGES=stages)) if stages > 0 else
+                       (_merge_partials_kernel, dict(BLOCK_P=block_p)))
+    kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
         partial_out, partial_lse, merge_indptr, merge_slots, out, extra_out, extra_lse,
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
         out.stride(0), out.stride(1), extra_out.stride(0), extra_out.stride(1),
         extra_lse.stride(0), num_qo_heads,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_H=block_h,
-        BLOCK_P=block_p, EXTRA=extra is not None, num_warps=4,
+        EXTRA=extra is not None, num_warps=num_warps, **options,
     )
 
 

@@ -158,15 +158,38 @@ def _partial_attention_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
     SMALL_M: tl.constexpr, SMALL_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr, PERSISTENT: tl.constexpr,
+    INTERLEAVE_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
 ):
-    kv_head = tl.program_id(1)
-    if PERSISTENT:
+    if INTERLEAVE_HEADS:
+        # One order over (item, KV head) pairs, item-major: the heaviest items of every head
+        # start first (a head-major order starts the last head's heavy items last).
+        if PERSISTENT:
+            first, end = tl.load(bounds_ptr), tl.load(bounds_ptr + 1)
+            total = (end - first) * NUM_KV_HEADS
+            claim = tl.atomic_add(work_counters_ptr, 1, sem="relaxed")
+            while claim < total:
+                _run_item(first + claim // NUM_KV_HEADS, claim % NUM_KV_HEADS, q_ptr, k_ptr,
+                          v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, items_stride,
+                          partial_out_ptr, partial_lse_ptr, stride_qb, stride_qh, stride_kn,
+                          stride_kh, stride_vn, stride_vh, stride_pp, stride_ph, stride_lp,
+                          qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP, SMALL_M, SMALL_N, BLOCK_M,
+                          BLOCK_N, DOT_FP32, IEEE_FP32)
+                claim = tl.atomic_add(work_counters_ptr, 1, sem="relaxed")
+        else:
+            pair = tl.program_id(0)
+            _run_item(pair // NUM_KV_HEADS, pair % NUM_KV_HEADS, q_ptr, k_ptr, v_ptr,
+                      kv_indices_ptr, query_order_ptr, items_ptr, items_stride, partial_out_ptr,
+                      partial_lse_ptr, stride_qb, stride_qh, stride_kn, stride_kh, stride_vn,
+                      stride_vh, stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM,
+                      BLOCK_D, GROUP, SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+    elif PERSISTENT:
         # A fixed grid walks a work list whose length lives in device memory (CUDA graphs).
         # Items are claimed one at a time rather than dealt round-robin: items differ widely in
         # cost, and a static deal can leave programs that drew heavy items running after the
         # rest are idle.  No `break` in Triton: claim the first item before the loop.  Relaxed
         # order suffices: the counter is the only state programs share (items are read-only and
         # every partial slot has one writer), and acq_rel's fences cost about 5% (H200).
+        kv_head = tl.program_id(1)
         first, end = tl.load(bounds_ptr), tl.load(bounds_ptr + 1)
         item = first + tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
         while item < end:
@@ -177,7 +200,7 @@ def _partial_attention_kernel(
                       SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
             item = first + tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
     else:
-        _run_item(tl.program_id(0), kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr,
+        _run_item(tl.program_id(0), tl.program_id(1), q_ptr, k_ptr, v_ptr, kv_indices_ptr,
                   query_order_ptr, items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
                   stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
                   stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
@@ -188,7 +211,8 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
                              partial_lse, sm_scale: float, small_m: int, small_n: int,
                              block_m: int, block_n: int, num_warps: int, num_stages: int,
                              item_bounds: torch.Tensor | None = None, num_programs: int = 0,
-                             work_counters: torch.Tensor | None = None, max_registers: int = 0):
+                             work_counters: torch.Tensor | None = None, max_registers: int = 0,
+                             interleave_heads: bool = False):
     """Run phase 1 over ``items`` (int32 [5, capacity], row-major: kv_begin, kv_len, q_begin,
     q_count, slot_base).  Items of at most ``small_m`` rows use ``small_m x small_n`` tiles, the
     others ``block_m x block_n``.  Writes ``partial_out``/``partial_lse``; no host sync.
@@ -199,7 +223,9 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
     no host value of the tree, as CUDA-graph replay requires.  The counters must be zero at
     launch and are left past the end of the list, so the caller zeroes them before every launch
     (a memset, which a graph captures too).  ``max_registers`` > 0 caps the registers per
-    thread (the compiler's ``maxnreg``; ignored by the interpreter).
+    thread (the compiler's ``maxnreg``; ignored by the interpreter).  ``interleave_heads``: the
+    programs take (item, KV head) pairs item-major, so every head's heaviest items go first (a
+    1-D grid; persistent programs then share ``work_counters[0]``).
     Returns the compiled kernel (registers, spills, shared memory), or None for no items.
 
     Raises
@@ -221,6 +247,8 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
     interpret = interpreter_active()
     fp32_inputs = q.dtype == torch.float32
     grid = (num_programs if persistent else num_items, num_kv_heads)
+    if interleave_heads:
+        grid = (grid[0] * grid[1],)
     options = dict(maxnreg=max_registers) if max_registers and not interpret else {}
     return _partial_attention_kernel[grid](
         q, k_cache, v_cache, kv_indices, query_order, items, items.stride(0),
@@ -235,5 +263,6 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
         # The interpreter's bf16 dot is wrong (design.md); fp32 tests want exact fp32 products.
         DOT_FP32=interpret and q.dtype != torch.float16,
         IEEE_FP32=fp32_inputs or (interpret and q.dtype == torch.bfloat16),
-        PERSISTENT=persistent, num_warps=num_warps, num_stages=num_stages, **options,
+        PERSISTENT=persistent, INTERLEAVE_HEADS=interleave_heads, NUM_KV_HEADS=num_kv_heads,
+        num_warps=num_warps, num_stages=num_stages, **options,
     )

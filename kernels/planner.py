@@ -228,9 +228,11 @@ class TreeAttentionPlan:
             launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
                                      items, partial_out, partial_lse, sm_scale, SMALL_M,
                                      cfg.small_block_n, block_m, self.block_n, cfg.num_warps,
-                                     cfg.num_stages, max_registers=cfg.max_registers)
+                                     cfg.num_stages, max_registers=cfg.max_registers,
+                                     interleave_heads=cfg.interleave_heads)
         launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
-                     *self.merge_shape, extra=extra)
+                     *self.merge_shape, extra=extra, stages=cfg.merge_stages,
+                     num_warps=cfg.merge_warps)
         return out
 
 

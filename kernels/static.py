@@ -152,7 +152,9 @@ class StaticTreeAttention:
                                      item_bounds=self.item_bounds[launch],
                                      num_programs=self.num_programs,
                                      work_counters=self.work_counters[launch],
-                                     max_registers=max_registers)
+                                     max_registers=max_registers,
+                                     interleave_heads=self.config.interleave_heads)
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
-                     out, *self.merge_shape, extra=extra)
+                     out, *self.merge_shape, extra=extra, stages=self.config.merge_stages,
+                     num_warps=self.config.merge_warps)
         return out

@@ -87,17 +87,45 @@ def test_huge_fanout_may_choose_rereads_and_reports_them():
     assert exact["partial_bytes"] > stats["partial_bytes"]
 
 
-@pytest.mark.parametrize("merge_shape", [(1, 1), (4, 2), (8, 16)])
-def test_merge_launch_shapes_agree(merge_shape):
-    from deft_sglang.kernels import tree_attention_reference
+@pytest.mark.parametrize("merge_shape, stages", [((1, 1), 0), ((4, 2), 0), ((8, 16), 0),
+                                                 ((1, 1), 1), ((2, 1), 3), ((8, 1), 2)])
+def test_merge_launch_shapes_agree(merge_shape, stages):
+    from deft_sglang.kernels import PlannerConfig, tree_attention_reference
 
     from .trees import random_qkv
     forest = star(prefix=90, branches=5, tail=7)
     args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
     plan = plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32, device=DEVICE,
-                               config=__import__("deft_sglang.kernels", fromlist=["x"])
-                               .PlannerConfig(block_n=16, waves=64.0, min_chunk_partial_ratio=0.01))
+                               config=PlannerConfig(block_n=16, waves=64.0, merge_stages=stages,
+                                                    min_chunk_partial_ratio=0.01))
+    assert plan.stats()["max_partials_per_query"] > 2  # the merge has work to pipeline
     plan.merge_shape = merge_shape
     q, k, v = random_qkv(forest, 5, 8, 2, 32, torch.float32)
     err = (plan.run(q, k, v) - tree_attention_reference(q, k, v, *args)).abs().max().item()
     assert err < 2e-5
+
+
+@pytest.mark.parametrize("with_extra", [False, True])
+def test_sequential_merge_equals_blocked_merge(with_extra):
+    from deft_sglang.kernels.merge import launch_merge
+    gen = torch.Generator().manual_seed(3)
+    num_partials, queries, heads, dim = 13, 4, 6, 16
+    partial_out = torch.randn(num_partials, heads, dim, generator=gen).to(DEVICE)
+    partial_lse = (4 * torch.randn(num_partials, heads, generator=gen)).to(DEVICE)
+    partial_lse[5, 2] = -float("inf")  # an empty partial
+    # query 2 owns no partial: zeros, or its extra partial alone
+    indptr = torch.tensor([0, 5, 9, 9, 13], dtype=torch.int32, device=DEVICE)
+    slots = torch.randperm(num_partials, generator=gen).to(torch.int32).to(DEVICE)
+    extra = None
+    if with_extra:
+        extra = (torch.randn(queries, heads, dim, generator=gen).to(DEVICE),
+                 torch.randn(queries, heads, generator=gen).to(DEVICE))
+    outs = []
+    for stages, shape in ((0, (2, 4)), (2, (2, 1)), (1, (8, 1))):
+        out = torch.full((queries, heads, dim), float("nan"), device=DEVICE)
+        launch_merge(partial_out, partial_lse, indptr, slots, out, *shape, extra=extra,
+                     stages=stages)
+        outs.append(out)
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], atol=1e-5, rtol=1e-5)
+    assert torch.all(outs[0][2] == 0) != with_extra

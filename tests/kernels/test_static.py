@@ -12,16 +12,17 @@ from .trees import DEVICE, make_forest, random_qkv, star
 HQ, HKV, D = 8, 2, 32
 
 
-def workspace(**overrides):
+def workspace(config=None, **overrides):
     caps = dict(max_queries=12, max_items=64, max_kv_tokens=2000, max_partials=256)
     caps.update(overrides)
     return StaticTreeAttention(**caps, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D,
-                               dtype=torch.float32, device=DEVICE, num_programs=3)
+                               dtype=torch.float32, device=DEVICE, num_programs=3, config=config)
 
 
-def plan_for(forest):
+def plan_for(forest, config=None):
     return plan_tree_attention(forest.parent, forest.indptr, forest.indices, forest.query_node,
-                               num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, device=DEVICE)
+                               num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, device=DEVICE,
+                               config=config)
 
 
 def reference(forest, q, k, v):
@@ -182,3 +183,16 @@ def test_graph_form_results_are_bit_identical_run_to_run():
     for _ in range(3):
         static.run(q, k, v, second)
         assert torch.equal(first, second)
+
+
+def test_interleaved_head_order_changes_no_result():
+    interleaved = PlannerConfig(interleave_heads=True)
+    static = workspace(config=interleaved)
+    for seed, forest in enumerate(TREES):
+        q, k, v = random_qkv(forest, len(forest.query_node), HQ, HKV, D, torch.float32,
+                             seed=seed)
+        whole = plan_for(forest).run(q, k, v)
+        plan = plan_for(forest, interleaved)
+        assert torch.equal(plan.run(q, k, v), whole)  # each (item, head) computed alike
+        static.load(plan)
+        assert torch.equal(static.run(q, k, v, torch.empty_like(q)), whole)
