@@ -37,13 +37,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 
 import harness as H  # noqa: E402
 
-# Kernel name fragments per category, first match wins (lower case).
+# Kernel name fragments per category, first match wins (lower case; FlashInfer's norm kernels
+# are norms, not attention).
 KERNEL_CATEGORIES = (
-    ("deft_attention", ("_partial_attention", "_merge_partials", "_merge_two", "_draft_attention")),
+    ("deft_attention", ("_partial_attention", "_merge_partials", "_merge_sequential", "_merge_two",
+                        "_draft_attention")),
     ("triton_attention", ("_fwd_kernel_stage", "_fwd_grouped_kernel", "decode_att")),
-    ("flashinfer_attention", ("batchdecode", "batchprefill", "flashinfer", "mergestate")),
     ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "matmul")),
     ("norm_act_rope", ("rmsnorm", "rms_norm", "silu", "act_and_mul", "rotary", "rope")),
+    ("flashinfer_attention", ("batchdecode", "batchprefill", "flashinfer", "mergestate")),
 )
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
               "cudaMemcpy ", "cudaMemcpy\0")

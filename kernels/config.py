@@ -64,9 +64,9 @@ class PlannerConfig:
     split_launches: bool = False
     max_registers: int = 0
     merge_block_h: int = 0
-    interleave_heads: bool = False
-    merge_stages: int = 0
-    merge_warps: int = 4
+    interleave_heads: bool = True
+    merge_stages: int = 3
+    merge_warps: int = 2
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
