@@ -58,12 +58,18 @@ class TailSpread:
         position = np.nonzero(item_last & (query_of_node[item_node] >= 0))[0]
         open_items = np.empty(num_queries, dtype=np.int64)
         open_items[query_of_node[item_node[position]]] = position
-        next_pos = self.new_indptr[self.query_node] + np.diff(self.old_indptr)[self.query_node]
-        state = host_to_device(np.concatenate([next_pos, open_items, item_len[open_items]]),
-                               device)
-        return TailSlack(room=self.slack, next_pos=state[:num_queries],
-                         open_items=state[num_queries:2 * num_queries],
-                         tail_len=state[2 * num_queries:].to(torch.int32))
+        first_pos = self.new_indptr[self.query_node] + np.diff(self.old_indptr)[self.query_node]
+        # Step k (0-based) writes each query's token at first_pos + k and sets its open item's
+        # kv_len to len + k + 1: both tables precomputed, so a step is two copies, no updates.
+        steps = np.arange(self.slack, dtype=np.int64)[:, None]
+        table = np.concatenate([open_items, (first_pos + steps).ravel(),
+                                (item_len[open_items] + 1 + steps).ravel()])
+        state = host_to_device(table, device)
+        count = self.slack * num_queries
+        return TailSlack(room=self.slack, open_items=state[:num_queries],
+                         positions=state[num_queries:num_queries + count].view(self.slack, -1),
+                         lengths=state[num_queries + count:].to(torch.int32)
+                         .view(self.slack, -1))
 
 
 def tail_spread(parent: np.ndarray, kv_indptr: np.ndarray, query_node: np.ndarray,
@@ -90,29 +96,29 @@ class TailSlack:
     Attributes
     ----------
     room : steps the plan can still be advanced.
-    next_pos : int64 [B] flattened index position of each query's next token.
     open_items : int64 [B] the work item (in the plan's order) holding each tail's last chunk.
-    tail_len : int32 [B] that item's ``kv_len`` now.  Extending writes it whole
-        (``index_copy_``) rather than adding to the buffer: no atomics and no deterministic-mode
+    positions : int64 [S, B] flattened index position of each query's token at step k.
+    lengths : int32 [S, B] its open item's ``kv_len`` after step k. Written whole
+        (``index_copy_``) rather than added to the buffer: no atomics and no deterministic-mode
         sort path, and any buffer it is written into ends up right.
     """
 
     room: int
-    next_pos: torch.Tensor
     open_items: torch.Tensor
-    tail_len: torch.Tensor
+    positions: torch.Tensor
+    lengths: torch.Tensor
 
     def extend(self, new_slots: torch.Tensor, kv_indices: torch.Tensor,
                items: torch.Tensor) -> None:
         """Append ``new_slots[b]`` (int [B], query order) to every query's tail in ``kv_indices``
-        / ``items`` (the plan's own buffers or a workspace's copy of them)."""
+        / ``items`` (the plan's own buffers or a workspace's copy of them): three device ops,
+        the fewest host launches a server step pays."""
         if self.room < 1:
             raise ValueError("the plan's tail slack is used up; plan the step afresh")
-        if new_slots.shape != self.next_pos.shape:
-            raise ValueError(f"new_slots must have shape {tuple(self.next_pos.shape)}, "
+        if new_slots.shape != self.open_items.shape:
+            raise ValueError(f"new_slots must have shape {tuple(self.open_items.shape)}, "
                              f"got {tuple(new_slots.shape)}")
-        kv_indices.index_copy_(0, self.next_pos, new_slots.to(torch.int32))
-        self.tail_len += 1
-        items[1].index_copy_(0, self.open_items, self.tail_len)
-        self.next_pos += 1
+        step = self.positions.shape[0] - self.room
+        kv_indices.index_copy_(0, self.positions[step], new_slots.to(torch.int32))
+        items[1].index_copy_(0, self.open_items, self.lengths[step])
         self.room -= 1
