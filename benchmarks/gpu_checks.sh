@@ -64,7 +64,8 @@ for step in $STEPS; do
                  --model-path '$MODELS/llama3-8b-shape' --out '$WORK/srvprof/8b' \
                  --launches deft,stock_flashinfer,stock --prefix 8192 --width 64; \
                  python3 benchmarks/profile_server.py --model-path '$MODELS/llama-1b-shape' \
-                 --out '$WORK/srvprof/1b' --launches deft,stock --prefix 1024 --width 64" ;;
+                 --out '$WORK/srvprof/1b' --launches deft,stock --prefix 1024 --width 64 \
+                 --new-tokens 1024 --delay 1" ;;
     graph) run graph 400 python3 benchmarks/bench_graph.py --out "$WORK/graph" --quick ;;
     e2e1b) run e2e1b 1500 python3 examples/e2e_compare.py --model-path "$MODELS/llama-1b-shape" \
                --out "$WORK/e2e1b" --launches deft,deft_module,deft_engine,stock --examples \
