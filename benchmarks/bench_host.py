@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--prompt", type=int, default=1024, help="prompt tokens")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--tail-slack", type=int, default=None, help="DeftConfig.tail_slack")
+    p.add_argument("--graph-tail-advance", choices=("host", "graph"), default="host",
+                   help="DeftConfig.graph_tail_advance (graph: the replay advances reused plans)")
     p.add_argument("--profile", action="store_true", help="cProfile the fork's advanced steps")
     return p.parse_args(argv)
 
@@ -72,6 +74,7 @@ def build(kind: str, args):
         sim.submit([rng.integers(3, 8000, args.prompt).tolist() for _ in range(args.batch)],
                    max_new_tokens=args.steps + 8)
     overrides = {} if args.tail_slack is None else dict(tail_slack=args.tail_slack)
+    overrides["graph_tail_advance"] = args.graph_tail_advance
     runner, deft, _, _ = backends(sim, config=DeftConfig(**overrides))
     return sim, runner, deft
 

@@ -29,6 +29,11 @@ Variable                                Default    Meaning
                                                    tail, so the next decode steps of an unchanged
                                                    batch reuse the plan (advanced on the GPU)
                                                    instead of re-planning; 0: plan every step.
+``DEFT_GRAPH_TAIL_ADVANCE``             ``host``   Where a replayed decode graph's reused plan is
+                                                   advanced: ``host`` (two device copies launched
+                                                   before the replay) or ``graph`` (a kernel the
+                                                   graph captured: no host launch; not yet run in
+                                                   a GPU server, so not the default).
 ``DEFT_SPEC_VERIFY``                    ``1``      Speculative decoding (EAGLE, EAGLE3,
                                                    STANDALONE): the target model's tree-verify
                                                    forwards run DeFT (the draft model keeps a
@@ -52,6 +57,7 @@ from typing import Any, Mapping, Optional
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 CUDA_GRAPH_MODES = ("on", "disable", "fallback")
+GRAPH_TAIL_ADVANCE = ("host", "graph")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_ENABLE = "DEFT_ENABLE"
 ENV_ALLOW_UNSUPPORTED = "DEFT_ALLOW_UNSUPPORTED_SGLANG"
@@ -131,6 +137,8 @@ class DeftConfig:
         Smallest decode batch DeFT handles.
     tail_slack : int
         Decode steps a plan may be reused for while its batch only grows (0: never).
+    graph_tail_advance : str
+        ``"host"`` or ``"graph"``: who advances a reused plan in a replayed decode graph.
     spec_verify : bool
         Serve speculative decoding's target-verify forwards with DeFT.
     shadow_check : bool
@@ -150,6 +158,7 @@ class DeftConfig:
     validate_plan: bool = False
     min_batch_size: int = 1
     tail_slack: int = 32
+    graph_tail_advance: str = "host"
     spec_verify: bool = True
     shadow_check: bool = False
     stats_interval: int = 0
@@ -183,6 +192,8 @@ class DeftConfig:
             validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
             tail_slack=_get_int(env, "DEFT_TAIL_SLACK", 32, 0),
+            graph_tail_advance=_get_choice(env, "DEFT_GRAPH_TAIL_ADVANCE", "host",
+                                           GRAPH_TAIL_ADVANCE),
             spec_verify=_get_bool(env, "DEFT_SPEC_VERIFY", True),
             shadow_check=_get_bool(env, "DEFT_SHADOW_CHECK", False),
             stats_interval=_get_int(env, "DEFT_STATS_INTERVAL", 0, 0),

@@ -87,15 +87,17 @@ class DecodeGraphs:
     def create(cls, *, max_bs: int, num_slots: Optional[int], q_heads: int, kv_heads: int,
                head_dim: int, dtype: torch.dtype, device, workspace_mb: int,
                config: Optional[PlannerConfig] = None, tail_slack: int = 0,
-               max_queries: int = 0) -> "DecodeGraphs":
+               max_queries: int = 0, tail_in_graph: bool = False) -> "DecodeGraphs":
         """Allocate the workspace for graphs of up to ``max_bs`` requests (``max_queries``
-        query tokens, see :func:`graph_capacity`)."""
+        query tokens, see :func:`graph_capacity`); ``tail_in_graph``: with tail-slack tables,
+        so that the captured graphs advance reused plans themselves."""
         elem = 4 if dtype == torch.float32 else 2
         capacity = graph_capacity(max_bs, num_slots, q_heads, head_dim, elem, workspace_mb,
                                   tail_slack, max_queries)
         workspace = StaticTreeAttention(**capacity.as_kwargs(), num_qo_heads=q_heads,
                                         num_kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
-                                        device=device, config=config)
+                                        device=device, config=config,
+                                        tail_steps=tail_slack if tail_in_graph else 0)
         return cls(workspace)
 
     def warm_up(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
@@ -163,7 +165,8 @@ def create_decode_graphs(backend, max_bs: int, max_tokens: int = 0) -> Optional[
             max_bs=max_bs, num_slots=num_slots, q_heads=backend.q_heads,
             kv_heads=backend.kv_heads, head_dim=backend.head_dim, dtype=dtype,
             device=backend.device, workspace_mb=backend.config.graph_workspace_mb,
-            tail_slack=backend.config.tail_slack, max_queries=max_tokens)
+            tail_slack=backend.config.tail_slack, max_queries=max_tokens,
+            tail_in_graph=backend.config.graph_tail_advance == "graph")
         graphs.verify = create_verify_buffers(backend, max_bs, max_tokens)
         if getattr(pool, "k_buffer", None):  # compile now: a failure shows before any capture
             graphs.warm_up(pool.k_buffer[0], pool.v_buffer[0])

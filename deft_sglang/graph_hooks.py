@@ -66,7 +66,10 @@ class GraphHooks:
                                      draft_len=graphs.verify.draft_len if verify else 0)
         if step.new_slots is not None:  # the same batch one token on: advance the workspace
             ws = graphs.workspace
-            step.plan.extend_tails(step.new_slots, ws.kv_indices, ws.items)
+            if ws.tails is not None:  # the replay does it (init_forward_metadata_in_graph)
+                step.plan.tails.advanced_elsewhere()
+            else:
+                step.plan.extend_tails(step.new_slots, ws.kv_indices, ws.items)
         else:  # raises if the chain plan does not fit
             graphs.workspace.load(step.plan.prefix if step.draft_len else step.plan)
         if self._graph_uses_inner:
@@ -75,6 +78,11 @@ class GraphHooks:
         return None
 
     def init_forward_metadata_in_graph(self, forward_batch):
+        """Recorded at the start of every captured decode forward (SGLang calls it inside the
+        capture): with ``DEFT_GRAPH_TAIL_ADVANCE=graph`` the replay itself appends the step's
+        ``out_cache_loc`` (the graph's static buffer) to a reused plan's tails."""
+        if self._graph_decode and self.graphs.workspace.tails is not None:
+            self.graphs.workspace.advance_tails(forward_batch.out_cache_loc)
         return self.inner.init_forward_metadata_in_graph(forward_batch)
 
     def get_cuda_graph_seq_len_fill_value(self):

@@ -35,6 +35,7 @@ import torch
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
 from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, resolve_block_n
+from .tails import DeviceTails
 
 
 class StaticTreeAttention:
@@ -50,12 +51,14 @@ class StaticTreeAttention:
         claim items dynamically, so no count is tuned to the tree.
     config : the ``PlannerConfig`` plans for this workspace are built with (its tiles).
     merge_block_p : partials per merge step (at most; fewer where the step's tile would spill).
+    tail_steps : > 0: keep the loaded plan's tail-slack tables (up to this many steps) so that
+        :meth:`advance_tails`, captured in a graph, advances the plan on the device.
     """
 
     def __init__(self, *, max_queries: int, max_items: int, max_kv_tokens: int, max_partials: int,
                  num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device, num_programs: int = 0, config: PlannerConfig | None = None,
-                 merge_block_p: int = 8):
+                 merge_block_p: int = 8, tail_steps: int = 0):
         for name, value in (("max_queries", max_queries), ("max_items", max_items),
                             ("max_kv_tokens", max_kv_tokens), ("max_partials", max_partials)):
             if value < 1:
@@ -96,6 +99,7 @@ class StaticTreeAttention:
         # much as phase 1 (H200, 1024 queries, 32 heads of 128: 239 us against 23 us).
         self.merge_shape = merge_launch_shape(max_queries, num_qo_heads, head_dim, merge_block_p,
                                               sms, config.merge_block_h)
+        self.tails = DeviceTails(tail_steps, max_queries, self.device) if tail_steps > 0 else None
 
     def fits(self, plan: TreeAttentionPlan) -> bool:
         """Whether ``plan`` fits the buffers (and has this workspace's attention shape)."""
@@ -125,11 +129,23 @@ class StaticTreeAttention:
         self.merge_indptr[:num_queries + 1].copy_(plan.merge_indptr)
         self.merge_indptr[num_queries + 1:].fill_(plan.num_partials)  # padded rows: no partial
         self.merge_slots[:plan.num_partials].copy_(plan.merge_slots)
+        if self.tails is not None:
+            self.tails.load(plan.tails, num_queries)
 
     def load_empty(self) -> None:
         """Load a plan with no work items: every output row comes out as zeros."""
         self.item_bounds.zero_()
         self.merge_indptr.zero_()
+        if self.tails is not None:
+            self.tails.load(None, 0)
+
+    def advance_tails(self, new_slots: torch.Tensor) -> None:
+        """Advance the loaded plan by one token per query (``new_slots``: int [>= queries] on the
+        device), when it was loaded with tail slack and this is not its own step; no host value,
+        so a graph may capture it (see :class:`~deft_sglang.kernels.tails.DeviceTails`)."""
+        if self.tails is None:
+            raise ValueError("the workspace was built without tail_steps")
+        self.tails.advance(new_slots, self.kv_indices, self.items)
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             out: torch.Tensor, sm_scale: float | None = None, extra=None) -> torch.Tensor:

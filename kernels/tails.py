@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+import triton
+import triton.language as tl
 
 from .tree import host_to_device, ranges_on_device
 
@@ -122,3 +124,87 @@ class TailSlack:
         kv_indices.index_copy_(0, self.positions[step], new_slots.to(torch.int32))
         items[1].index_copy_(0, self.open_items, self.lengths[step])
         self.room -= 1
+
+    def advanced_elsewhere(self) -> None:
+        """Count a step that a graph workspace advanced on the device (:class:`DeviceTails`):
+        the plan's own buffers stay as built, only the room left shrinks."""
+        if self.room < 1:
+            raise ValueError("the plan's tail slack is used up; plan the step afresh")
+        self.room -= 1
+
+
+# ------------------------------------------------------------------ tail advance inside a graph
+#
+#   state        int32 [3]        next table row to apply (-1: none this run), queries, rows
+#                                 loaded (a run past them applies nothing)
+#   positions    int64 [S, Bmax]  as TailSlack.positions, rows past the plan's unused
+#   lengths      int32 [S, Bmax]  as TailSlack.lengths
+#   open_items   int64 [Bmax]     as TailSlack.open_items
+#   new_slots    int   [>= B]     this step's out_cache_loc (a graph's static buffer)
+#   kv_indices   int32 [capacity] / items int32 [5, capacity]: the workspace's work list
+#
+# Pure-PyTorch reference: TailSlack.extend (the same writes, from host-chosen rows).
+
+@triton.jit
+def _advance_tails_kernel(state_ptr, positions_ptr, lengths_ptr, open_items_ptr, new_slots_ptr,
+                          kv_indices_ptr, items_ptr, items_stride, table_stride,
+                          BLOCK: tl.constexpr):
+    row = tl.load(state_ptr)
+    count = tl.load(state_ptr + 1)
+    num_rows = tl.load(state_ptr + 2)
+    if (row >= 0) & (row < num_rows):
+        for start in range(0, count, BLOCK):
+            query = start + tl.arange(0, BLOCK)
+            mask = query < count
+            position = tl.load(positions_ptr + row * table_stride + query, mask=mask, other=0)
+            slot = tl.load(new_slots_ptr + query, mask=mask, other=0)
+            tl.store(kv_indices_ptr + position, slot.to(tl.int32), mask=mask)
+            item = tl.load(open_items_ptr + query, mask=mask, other=0)
+            length = tl.load(lengths_ptr + row * table_stride + query, mask=mask, other=0)
+            tl.store(items_ptr + items_stride + item, length, mask=mask)
+    tl.store(state_ptr, row + 1)  # the next run applies the next row
+
+
+class DeviceTails:
+    """Tail-slack tables in fixed buffers, so that a CUDA graph advances the loaded plan itself.
+
+    ``load`` (outside the graph, with the plan) arms the tables and marks the coming run as the
+    plan's own step; every later run of :meth:`advance` (captured in the graph, before the first
+    layer) applies the next row with the step's new slots, so a replayed step whose batch only
+    grew costs the host no launch at all. The host keeps counting the room left
+    (:meth:`TailSlack.advanced_elsewhere`) and loads a fresh plan before it runs out.
+    """
+
+    def __init__(self, max_steps: int, max_queries: int, device):
+        if max_steps < 1 or max_queries < 1:
+            raise ValueError("DeviceTails needs max_steps >= 1 and max_queries >= 1")
+        self.positions = torch.zeros(max_steps, max_queries, dtype=torch.int64, device=device)
+        self.lengths = torch.zeros(max_steps, max_queries, dtype=torch.int32, device=device)
+        self.open_items = torch.zeros(max_queries, dtype=torch.int64, device=device)
+        self.state = torch.tensor([-1, 0, 0], dtype=torch.int32, device=device)
+
+    def fits(self, tails: Optional[TailSlack], num_queries: int) -> bool:
+        return (tails is not None and tails.room <= self.positions.shape[0]
+                and num_queries <= self.positions.shape[1])
+
+    def load(self, tails: Optional[TailSlack], num_queries: int) -> None:
+        """Arm the tables with ``tails`` (None or too large: runs advance nothing)."""
+        self.state[0].fill_(-1)
+        if not self.fits(tails, num_queries):
+            self.state[1:].fill_(0)
+            return
+        used = tails.positions.shape[0] - tails.room
+        self.positions[:tails.room, :num_queries].copy_(tails.positions[used:])
+        self.lengths[:tails.room, :num_queries].copy_(tails.lengths[used:])
+        self.open_items[:num_queries].copy_(tails.open_items)
+        self.state[1].fill_(num_queries)
+        self.state[2].fill_(tails.room)
+
+    def advance(self, new_slots: torch.Tensor, kv_indices: torch.Tensor,
+                items: torch.Tensor) -> None:
+        """One launch, no host value: safe to capture. ``new_slots``: int [>= queries]."""
+        max_queries = self.positions.shape[1]
+        _advance_tails_kernel[(1,)](
+            self.state, self.positions, self.lengths, self.open_items, new_slots, kv_indices,
+            items, items.stride(0), self.positions.stride(0),
+            BLOCK=min(1024, triton.next_power_of_2(max_queries)))

@@ -27,6 +27,8 @@ def test_parsing():
     assert cfg.fallback_backend == "flashinfer"
     assert DeftConfig.from_env({"DEFT_LOG_LEVEL": "DEBUG"}).log_level == "debug"
     assert cfg.spec_verify and not DeftConfig.from_env({"DEFT_SPEC_VERIFY": "0"}).spec_verify
+    assert cfg.graph_tail_advance == "host"
+    assert DeftConfig.from_env({"DEFT_GRAPH_TAIL_ADVANCE": "Graph"}).graph_tail_advance == "graph"
 
 
 @pytest.mark.parametrize("env, name", [
@@ -43,6 +45,7 @@ def test_parsing():
     ({"DEFT_STATS_INTERVAL": "often"}, "DEFT_STATS_INTERVAL"),
     ({"DEFT_SHADOW_CHECK": "2"}, "DEFT_SHADOW_CHECK"),
     ({"DEFT_SPEC_VERIFY": "sometimes"}, "DEFT_SPEC_VERIFY"),
+    ({"DEFT_GRAPH_TAIL_ADVANCE": "device"}, "DEFT_GRAPH_TAIL_ADVANCE"),
 ])
 def test_invalid_values_name_the_variable(env, name):
     with pytest.raises(ValueError, match=name):

@@ -44,6 +44,8 @@ def check_replay(sim, deft, native, fb, seed: int) -> None:
     """Prepare the replay of ``fb`` as SGLang does and check the captured launches' result:
     stock's attention on the real rows, zeros on the padding rows."""
     deft.init_forward_metadata_out_graph(replay_view(fb))
+    if deft.graphs.workspace.tails is not None:  # captured by init_forward_metadata_in_graph
+        deft.graphs.workspace.advance_tails(fb.out_cache_loc)
     lay = layer(sim)
     q, k, v = qkv(sim, fb.batch_size, seed=seed)
     out = replay(sim, deft, fb, lay, q, k, v)
@@ -59,6 +61,7 @@ def captured(sim, deft, runner):
     sim.decode()
     fb = forward_batch(sim, runner)
     deft.init_forward_metadata_out_graph(fb, in_capture=True)
+    deft.init_forward_metadata_in_graph(fb)  # what SGLang records first in every capture
     q, k, v = qkv(sim, fb.batch_size, seed=1)
     out = deft.forward_decode(q, k, v, layer(sim), fb)
     assert torch.count_nonzero(out) == 0
@@ -81,6 +84,28 @@ def test_replays_match_stock_on_changing_trees(sim_factory, deft_patches):
         sim.sample()
     assert deft.graphs.replays == 3 and deft.graphs.refused == 0
     assert deft.reuse.reused == 1  # step 1 advanced the workspace; step 2 had a new request
+
+
+@pytest.mark.parametrize("where", ["host", "graph"])
+def test_reused_plans_advance_in_replays(sim_factory, deft_patches, where):
+    """DEFT_GRAPH_TAIL_ADVANCE: the host's copies or the captured kernel advance a reused plan;
+    both give stock's result through used-up slack (re-plans) and a joining request."""
+    sim = sim_factory()
+    fork(sim, [[1000 + i, 5] for i in range(3)])
+    config = DeftConfig(tail_slack=2, graph_tail_advance=where)
+    runner, deft, native, _ = backends(sim, config=config)
+    captured(sim, deft, runner)
+    assert (deft.graphs.workspace.tails is not None) == (where == "graph")
+    for step in range(7):
+        if step == 5:
+            sim.submit([list(range(10, 58)) + [7, 7]])
+        sim.decode()
+        fb = forward_batch(sim, runner)
+        assert deft.deft_prepare_graph_replay(fb)
+        check_replay(sim, deft, native, fb, seed=40 + step)
+        sim.sample()
+    # steps: fresh, 2 advanced, re-planned (slack used up), 1 advanced, fresh (join), advanced
+    assert deft.reuse.reused == 4 and deft.reuse.fresh == 3
 
 
 def test_plan_too_large_for_the_workspace_runs_eagerly(sim_factory, deft_patches):

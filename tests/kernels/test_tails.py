@@ -94,6 +94,62 @@ def test_workspace_copy_is_advanced_in_place():
         assert err < 2e-5
 
 
+def _workspace(tail_steps: int) -> StaticTreeAttention:
+    return StaticTreeAttention(max_queries=8, max_items=64, max_kv_tokens=1000,
+                               max_partials=256, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D,
+                               dtype=torch.float32, device=DEVICE, num_programs=3,
+                               tail_steps=tail_steps)
+
+
+@pytest.mark.parametrize("forest", EXTENDABLE)
+def test_device_advance_as_a_graph_runs_it(forest):
+    """What a replayed graph does: ``advance_tails`` with the step's slots, then the layers. The
+    plan's own step advances nothing; every later step appends its token; past the loaded slack
+    nothing is written (the host plans afresh before that)."""
+    slack, batch = 3, len(forest.query_node)
+    q, k, v = random_qkv(with_spare_slots(forest, slack + 1), 8, HQ, HKV, D, torch.float32,
+                         seed=5)
+    static = _workspace(tail_steps=4)
+    plan = plan_for(forest, tail_slack=slack)
+    static.load(plan)
+    current = forest
+    for step in range(-1, slack + 1):  # -1: the plan's own step
+        new = [forest.num_slots + max(step, 0) * batch + b for b in range(batch)]
+        # a graph's static buffer holds padding past the real rows
+        slots = torch.tensor(new + [0] * (8 - batch), device=DEVICE)
+        static.advance_tails(slots)
+        if 0 <= step < slack:
+            plan.tails.advanced_elsewhere()
+            current = grow(current, new)
+        out = torch.empty_like(q)
+        static.run(q, k, v, out)
+        err = (out[:batch] - reference(current, q[:batch], k, v)).abs().max().item()
+        assert err < 2e-5, f"step {step}: {err}"
+    assert plan.tails.room == 0
+    with pytest.raises(ValueError, match="used up"):
+        plan.tails.advanced_elsewhere()
+
+
+def test_device_advance_is_disarmed_by_plans_without_slack():
+    forest = EXTENDABLE[0]
+    batch = len(forest.query_node)
+    q, k, v = random_qkv(with_spare_slots(forest, 1), 8, HQ, HKV, D, torch.float32, seed=6)
+    static = _workspace(tail_steps=2)
+    static.load(plan_for(forest, tail_slack=2))
+    static.load(plan_for(forest))  # no slack: later runs must write nothing
+    for _ in range(2):
+        static.advance_tails(torch.arange(forest.num_slots, forest.num_slots + 8, device=DEVICE))
+    out = torch.empty_like(q)
+    static.run(q, k, v, out)
+    assert (out[:batch] - reference(forest, q[:batch], k, v)).abs().max().item() < 2e-5
+    static.load(plan_for(forest, tail_slack=3))  # more slack than the tables hold: disarmed
+    assert static.tails.state.tolist() == [-1, 0, 0]
+    static.load_empty()
+    assert static.tails.state.tolist() == [-1, 0, 0]
+    with pytest.raises(ValueError, match="tail_steps"):
+        _workspace(tail_steps=0).advance_tails(torch.zeros(8, dtype=torch.int64, device=DEVICE))
+
+
 @pytest.mark.parametrize("forest", [
     make_forest([40, 5], [-1, 0], [1, 1]),          # two queries on one node
     make_forest([40, 5], [-1, 0], [0]),             # a query on an interior node
