@@ -12,6 +12,7 @@
 #           the examples against each server, fork grid, n=32 sampling, 256 unshared prompts
 #   soak    benchmarks/soak.py on llama-1b-shape, stock and deft
 #   e2e8b   examples/e2e_compare.py on llama3-8b-shape: deft, stock, stock_flashinfer, full grid
+#           (E2E8B_LAUNCHES overrides the launches, e.g. adding deft_graph_advance)
 #   fuzz    the kernel fuzz suite with 10,000 cases
 #   kernels benchmarks/bench_kernels.py --quick --server-shapes
 #   vtests  the tree-verification tests (kernels and backend), GPU-marked ones included
@@ -73,7 +74,7 @@ for step in $STEPS; do
     soak) run soak 1500 python3 benchmarks/soak.py --model-path "$MODELS/llama-1b-shape" \
               --out "$WORK/soak" --launches stock,deft ;;
     e2e8b) run e2e8b 1800 python3 examples/e2e_compare.py --model-path "$MODELS/llama3-8b-shape" \
-               --out "$WORK/e2e8b" --launches deft,stock,stock_flashinfer ;;
+               --out "$WORK/e2e8b" --launches "${E2E8B_LAUNCHES:-deft,stock,stock_flashinfer}" ;;
     fuzz) run fuzz 1500 env DEFT_FUZZ_EXAMPLES=10000 DEFT_FUZZ_SHARDS=16 python3 -m pytest \
               tests/kernels/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics \
               "${PYTEST_WORKERS[@]}" ;;

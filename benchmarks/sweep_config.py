@@ -31,16 +31,18 @@ from bench_graph import caches  # noqa: E402
 from bench_kernels import make_planner  # noqa: E402
 
 DEFAULT_WORKLOADS = [
+    "srv8b-fork-8192x64", "srv8b-fork-1024x64", "srv1b-fork-1024x64",
     "fewshot-4000xb50-g400", "fewshot-4000xb20-g400", "long-32000x16-g256",
     "fanout-2048x1024-g32", "tree3-1600x16x16", "tot-*", "spec-star-t128",
     "fewshot-4000xb50-g400@16/1/d128", "unshared-128x4096", "mixed-*"]
+# Session 4 swept registers caps, split launches, smaller tiles and merge heads (none helped;
+# results/session4-*); session 5 made interleave_heads and the sequential merge the defaults.
+# Next: more warps per row tile (phase 1 is latency-bound at 2 programs per SM), pipeline depth,
+# and the session-5 defaults switched back off, to confirm them per workload.
 DEFAULT_CONFIGS = [
-    "", "max_registers=128", "max_registers=168", "max_registers=128,num_stages=2",
-    "max_registers=168,num_stages=2", "small_block_n=32", "small_block_n=32,max_registers=128",
-    "split_launches=true,small_block_n=32", "block_m=32", "block_m=32,max_registers=128",
-    "reread_min_queries=8", "reread_min_queries=16", "max_floor_over_want=1",
-    "max_floor_over_want=2", "waves=2", "merge_block_h=1", "merge_block_h=2",
-    "merge_block_h=4"]
+    "", "num_warps=8", "block_m=128,num_warps=8", "num_stages=2", "num_stages=4",
+    "small_block_n=32", "block_m=32", "reread_min_queries=8", "max_floor_over_want=2",
+    "waves=8", "interleave_heads=false", "merge_stages=0", "merge_stages=2,merge_warps=4"]
 PROFILE_REPS = 20
 
 
