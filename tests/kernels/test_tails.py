@@ -215,3 +215,32 @@ def test_ranges_on_device():
         out = ranges_on_device([10, 0, 7, 3], [3, 0, 1, 2], DEVICE, device_path)
         assert out.tolist() == [10, 11, 12, 7, 3, 4] and out.dtype == torch.int64
         assert ranges_on_device([5], [0], DEVICE, device_path).numel() == 0
+
+
+def test_device_tails_kernel_equals_the_host_reference_on_wide_batches():
+    """More queries than one kernel block (1024): DeviceTails writes what TailSlack.extend does."""
+    from deft_sglang.kernels.tails import DeviceTails, TailSlack
+    gen = torch.Generator().manual_seed(0)
+    batch, steps, width = 1500, 3, 1600
+    first = torch.randperm(3000, generator=gen)[:batch] * steps  # tails never overlap
+    open_items = torch.randperm(2000, generator=gen)[:batch]
+    base_len = torch.randint(1, 50, (batch,), generator=gen)
+    step_index = torch.arange(steps)[:, None]
+    reference = TailSlack(room=steps, open_items=open_items.to(DEVICE),
+                          positions=(first + step_index).to(DEVICE),
+                          lengths=(base_len + 1 + step_index).to(torch.int32).to(DEVICE))
+    tables = DeviceTails(steps + 1, width, DEVICE)
+    tables.load(reference, batch)
+    kv_ref = torch.zeros(9000, dtype=torch.int32, device=DEVICE)
+    items_ref = torch.zeros(5, 2000, dtype=torch.int32, device=DEVICE)
+    kv_dev, items_dev = kv_ref.clone(), items_ref.clone()
+    tables.advance(torch.ones(width, dtype=torch.int64, device=DEVICE), kv_dev, items_dev)
+    assert torch.count_nonzero(kv_dev) == 0  # the plan's own step writes nothing
+    for _ in range(steps):
+        slots = torch.randint(1, 1 << 20, (width,), generator=gen).to(DEVICE)
+        reference.extend(slots[:batch], kv_ref, items_ref)
+        tables.advance(slots, kv_dev, items_dev)
+        assert torch.equal(kv_dev, kv_ref) and torch.equal(items_dev, items_ref)
+    kept = (kv_dev.clone(), items_dev.clone())
+    tables.advance(torch.ones(width, dtype=torch.int64, device=DEVICE), kv_dev, items_dev)
+    assert torch.equal(kv_dev, kept[0]) and torch.equal(items_dev, kept[1])  # past the slack
