@@ -220,9 +220,10 @@ def markdown(report: dict) -> str:
     if rows:
         lines += [H.markdown_table(rows, [(k, k) for k in rows[0]]), ""]
     for name, s in report["launches"].items():
-        lines += [f"## {name}", "", "| kernel | µs/step | calls/step | category |", "|---|---|---|---|"]
-        lines += [f"| `{k['name']}` | {k['us_per_step']} | {k['calls_per_step']} | {k['category']} |"
-                  for k in s.get("top_kernels", [])]
+        lines += [f"## {name}", "", "| kernel | µs/step | calls/step | category |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{k['name']}` | {k['us_per_step']} | {k['calls_per_step']} "
+                  f"| {k['category']} |" for k in s.get("top_kernels", [])]
         lines += ["", "| runtime call | µs/step | calls/step | syncs |", "|---|---|---|---|"]
         lines += [f"| {c['name']} | {c['us_per_step']} | {c['calls_per_step']} | {c['syncs']} |"
                   for c in s.get("runtime_calls", [])]

@@ -21,8 +21,8 @@ deft_sglang.launch_server``), ``deft_engine`` (``deft_sglang.enable()`` + ``sgl.
 ``deft_eager`` (``deft`` with ``DEFT_CUDA_GRAPH=disable``: decode graphs off), ``deft_shadow``
 (``deft`` with ``DEFT_SHADOW_CHECK=1``: every decode layer also runs the stock kernel; the report
 gets the largest difference seen, from the server log), ``deft_graph_advance`` (``deft`` with
-``DEFT_GRAPH_TAIL_ADVANCE=graph``: replayed graphs advance reused plans themselves). DeFT servers log their host time per
-decode step (``DEFT_STATS_INTERVAL``); the report keeps the last such line.
+``DEFT_GRAPH_TAIL_ADVANCE=graph``: graphs advance reused plans). DeFT servers log their host
+time per decode step (``DEFT_STATS_INTERVAL``); the report keeps the last such line.
 
     python examples/e2e_compare.py --model-path /tmp/sglang-0.5.17/models/llama-1b-shape \\
         --out benchmarks/results/e2e-llama-1b [--quick]

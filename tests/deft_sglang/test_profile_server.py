@@ -63,7 +63,8 @@ def test_summary_without_graph_launches_spans_the_kernels():
 
 @pytest.mark.parametrize("name, expected", [
     ("_fwd_kernel_stage1", "triton_attention"), ("_fwd_grouped_kernel_stage1", "triton_attention"),
-    ("_merge_partials_kernel", "deft_attention"), ("_merge_sequential_kernel", "deft_attention"), ("sm90_xmma_gemm_bf16", "gemm"),
+    ("_merge_partials_kernel", "deft_attention"), ("_merge_sequential_kernel", "deft_attention"),
+    ("sm90_xmma_gemm_bf16", "gemm"),
     ("FusedAddRMSNormKernel", "norm_act_rope"), ("elementwise_kernel", "other")])
 def test_kernel_categories(name, expected):
     assert profile_server.category(name) == expected
