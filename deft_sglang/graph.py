@@ -105,6 +105,8 @@ class DecodeGraphs:
         num_qo_heads, _, head_dim = self.workspace.shape
         q = torch.zeros(1, num_qo_heads, head_dim, dtype=k_cache.dtype, device=k_cache.device)
         self.workspace.load_empty()
+        if self.workspace.tails is not None:  # armed by no plan: writes nothing
+            self.workspace.advance_tails(torch.zeros(1, dtype=torch.int64, device=q.device))
         self.workspace.run(q, k_cache, v_cache, torch.empty_like(q))
 
     def offer(self, key: Any, step: Any) -> bool:
