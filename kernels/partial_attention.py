@@ -6,10 +6,11 @@ sorted query order).  The query heads that share the KV head are packed into row
 is query ``r // GROUP`` and head ``r % GROUP`` of this KV head, so a chunk is applied to all
 ``q_count * GROUP`` rows.
 
-By default one program handles one work item for one KV head (grid ``[num_items, Hkv]``).  For
-CUDA graphs a fixed grid of persistent programs per KV head consumes the work list through a
-per-KV-head atomic counter instead: each program claims the next unclaimed item whenever it is
-free.  The planner sorts items heaviest first, so the heavy items start first and the light ones
+By default one program handles one work item for one KV head (grid ``[num_items, Hkv]``, or
+``[num_items * Hkv]`` item-major with ``INTERLEAVE_HEADS``, the planner's default, so that every
+head's heaviest items start first).  For CUDA graphs a fixed grid of persistent programs consumes
+the work list through an atomic counter instead (one per KV head, or one over (item, head) pairs
+when interleaved): each program claims the next unclaimed item whenever it is free.  The planner sorts items heaviest first, so the heavy items start first and the light ones
 fill in behind them; load balance matches the one-program-per-item grid, whose hardware block
 scheduler hands items out in the same order.
 
