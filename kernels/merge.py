@@ -4,10 +4,10 @@ Query ``b`` owns the partial slots ``merge_slots[merge_indptr[b]:merge_indptr[b+
 the same order, so the result is deterministic; no atomics).  A query with no partial (its whole
 path holds no token) gets zeros.
 
-Two kernels, one contract: ``_merge_sequential_kernel`` (the default, ``PlannerConfig.merge_stages``
-> 0) folds one partial per loop step into a ``[heads, D]`` tile and lets Triton pipeline the
-loop's loads; ``_merge_partials_kernel`` folds ``BLOCK_P`` partials per step in a 3-D tile.  On
-an H100 the 3-D tile ran at about 0.3 TB/s (64 queries x 20 partials x 32 heads of 128: 33.8 us,
+Two loops, one kernel: by default (``PlannerConfig.merge_stages`` > 0) it folds one partial per
+loop step into a ``[heads, D]`` tile and lets Triton pipeline the loop's loads; with
+``merge_stages=0`` it folds ``BLOCK_P`` partials per step in a 3-D tile.  On an H100 the 3-D tile
+(BLOCK_P = 8) ran at about 0.3 TB/s (64 queries x 20 partials x 32 heads of 128: 33.8 us,
 against 12.5 us sequential; ``benchmarks/results/session5-h100/merge-bench``).
 
 Shapes and strides::
@@ -34,57 +34,10 @@ def _merge_partials_kernel(
     stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, stride_eb, stride_eh, stride_le,
     num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
-    EXTRA: tl.constexpr,
+    STAGES: tl.constexpr, EXTRA: tl.constexpr,
 ):
-    query = tl.program_id(0)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < num_heads
-    begin = tl.load(merge_indptr_ptr + query)
-    end = tl.load(merge_indptr_ptr + query + 1)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_hd = mask_h[:, None] & (offs_d < HEAD_DIM)[None, :]
-    offs_p = tl.arange(0, BLOCK_P)
-    m_run = tl.full([BLOCK_H], -float("inf"), tl.float32)
-    weight_sum = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    if EXTRA:  # start from the query's extra partial (weight 1 at its own LSE, 0 when empty)
-        m_run = tl.load(extra_lse_ptr + query.to(tl.int64) * stride_le + offs_h, mask=mask_h,
-                        other=-float("inf"))
-        weight_sum = tl.where(m_run == -float("inf"), 0.0, 1.0)
-        acc = tl.load(extra_out_ptr + query.to(tl.int64) * stride_eb
-                      + offs_h[:, None] * stride_eh + offs_d[None, :],
-                      mask=mask_hd, other=0.0).to(tl.float32) * weight_sum[:, None]
-    for start in range(begin, end, BLOCK_P):
-        mask_p = start + offs_p < end
-        slots = tl.load(merge_slots_ptr + start + offs_p, mask=mask_p, other=0).to(tl.int64)
-        lse = tl.load(partial_lse_ptr + slots[:, None] * stride_lp + offs_h[None, :],
-                      mask=mask_p[:, None] & mask_h[None, :], other=-float("inf"))
-        part = tl.load(partial_out_ptr + slots[:, None, None] * stride_pp
-                       + offs_h[None, :, None] * stride_ph + offs_d[None, None, :],
-                       mask=mask_p[:, None, None] & mask_hd[None, :, :], other=0.0).to(tl.float32)
-        m_new = tl.maximum(m_run, tl.max(lse, axis=0))
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-        scale_old = tl.exp2(m_run - m_safe)
-        w = tl.exp2(lse - m_safe[None, :])
-        weight_sum = weight_sum * scale_old + tl.sum(w, axis=0)
-        acc = acc * scale_old[:, None] + tl.sum(part * w[:, :, None], axis=0)
-        m_run = m_new
-    result = tl.where(weight_sum[:, None] > 0, acc / weight_sum[:, None], 0.0)
-    tl.store(out_ptr + query.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh
-             + offs_d[None, :], result.to(out_ptr.dtype.element_ty), mask=mask_hd)
-
-
-@triton.jit
-def _merge_sequential_kernel(
-    partial_out_ptr, partial_lse_ptr, merge_indptr_ptr, merge_slots_ptr, out_ptr,
-    extra_out_ptr, extra_lse_ptr,
-    stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, stride_eb, stride_eh, stride_le,
-    num_heads,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, STAGES: tl.constexpr,
-    EXTRA: tl.constexpr,
-):
-    """The merge one partial at a time (a [BLOCK_H, BLOCK_D] tile per step, few registers, many
-    programs per SM); the loop's loads are software-pipelined ``STAGES`` deep."""
+    """``STAGES`` > 0: one partial per loop step (a [BLOCK_H, BLOCK_D] tile, few registers), the
+    loop's loads pipelined that deep; 0: ``BLOCK_P`` partials per step (a 3-D tile)."""
     query = tl.program_id(0)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_h = offs_h < num_heads
@@ -102,19 +55,38 @@ def _merge_sequential_kernel(
         acc = tl.load(extra_out_ptr + query.to(tl.int64) * stride_eb
                       + offs_h[:, None] * stride_eh + offs_d[None, :],
                       mask=mask_hd, other=0.0).to(tl.float32) * weight_sum[:, None]
-    for index in tl.range(begin, end, num_stages=STAGES):
-        slot = tl.load(merge_slots_ptr + index).to(tl.int64)
-        lse = tl.load(partial_lse_ptr + slot * stride_lp + offs_h, mask=mask_h,
-                      other=-float("inf"))
-        part = tl.load(partial_out_ptr + slot * stride_pp + offs_h[:, None] * stride_ph
-                       + offs_d[None, :], mask=mask_hd, other=0.0).to(tl.float32)
-        m_new = tl.maximum(m_run, lse)
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-        scale_old = tl.exp2(m_run - m_safe)
-        w = tl.exp2(lse - m_safe)
-        weight_sum = weight_sum * scale_old + w
-        acc = acc * scale_old[:, None] + part * w[:, None]
-        m_run = m_new
+    if STAGES > 0:
+        for index in tl.range(begin, end, num_stages=STAGES):
+            slot = tl.load(merge_slots_ptr + index).to(tl.int64)
+            lse = tl.load(partial_lse_ptr + slot * stride_lp + offs_h, mask=mask_h,
+                          other=-float("inf"))
+            part = tl.load(partial_out_ptr + slot * stride_pp + offs_h[:, None] * stride_ph
+                           + offs_d[None, :], mask=mask_hd, other=0.0).to(tl.float32)
+            m_new = tl.maximum(m_run, lse)
+            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+            scale_old = tl.exp2(m_run - m_safe)
+            w = tl.exp2(lse - m_safe)
+            weight_sum = weight_sum * scale_old + w
+            acc = acc * scale_old[:, None] + part * w[:, None]
+            m_run = m_new
+    else:
+        offs_p = tl.arange(0, BLOCK_P)
+        for start in range(begin, end, BLOCK_P):
+            mask_p = start + offs_p < end
+            slots = tl.load(merge_slots_ptr + start + offs_p, mask=mask_p, other=0).to(tl.int64)
+            lse = tl.load(partial_lse_ptr + slots[:, None] * stride_lp + offs_h[None, :],
+                          mask=mask_p[:, None] & mask_h[None, :], other=-float("inf"))
+            part = tl.load(partial_out_ptr + slots[:, None, None] * stride_pp
+                           + offs_h[None, :, None] * stride_ph + offs_d[None, None, :],
+                           mask=mask_p[:, None, None] & mask_hd[None, :, :],
+                           other=0.0).to(tl.float32)
+            m_new = tl.maximum(m_run, tl.max(lse, axis=0))
+            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+            scale_old = tl.exp2(m_run - m_safe)
+            w = tl.exp2(lse - m_safe[None, :])
+            weight_sum = weight_sum * scale_old + tl.sum(w, axis=0)
+            acc = acc * scale_old[:, None] + tl.sum(part * w[:, :, None], axis=0)
+            m_run = m_new
     result = tl.where(weight_sum[:, None] > 0, acc / weight_sum[:, None], 0.0)
     tl.store(out_ptr + query.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh
              + offs_d[None, :], result.to(out_ptr.dtype.element_ty), mask=mask_hd)
@@ -152,15 +124,14 @@ def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block
     if num_queries == 0:
         return
     extra_out, extra_lse = extra if extra is not None else (partial_out, partial_lse)
-    kernel, options = ((_merge_sequential_kernel, dict(STAGES=stages)) if stages > 0 else
-                       (_merge_partials_kernel, dict(BLOCK_P=block_p)))
-    kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
+    _merge_partials_kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
         partial_out, partial_lse, merge_indptr, merge_slots, out, extra_out, extra_lse,
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
         out.stride(0), out.stride(1), extra_out.stride(0), extra_out.stride(1),
         extra_lse.stride(0), num_qo_heads,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_H=block_h,
-        EXTRA=extra is not None, num_warps=num_warps, **options,
+        BLOCK_P=1 if stages > 0 else block_p, STAGES=stages, EXTRA=extra is not None,
+        num_warps=num_warps,
     )
 
 
