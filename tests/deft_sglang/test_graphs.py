@@ -69,19 +69,25 @@ def captured(sim, deft, runner):
     return fb
 
 
+def replay_steps(sim, deft, native, runner, steps: int, join_at: int, seed: int) -> None:
+    """Announce and replay ``steps`` decode steps, checking each against stock; at step
+    ``join_at`` a new branch joins (a different tree in the same buffers)."""
+    for step in range(steps):
+        if step == join_at:
+            sim.submit([list(range(10, 58)) + [7, 7]])
+        sim.decode()
+        fb = forward_batch(sim, runner)
+        assert deft.deft_prepare_graph_replay(fb)
+        check_replay(sim, deft, native, fb, seed=seed + step)
+        sim.sample()
+
+
 def test_replays_match_stock_on_changing_trees(sim_factory, deft_patches):
     sim = sim_factory()
     fork(sim, [[1000 + i, 5] for i in range(3)])
     runner, deft, native, _ = backends(sim)
     captured(sim, deft, runner)
-    for step in range(3):
-        if step == 2:  # a new branch joins: a different tree in the same buffers
-            sim.submit([list(range(10, 58)) + [7, 7]])
-        sim.decode()
-        fb = forward_batch(sim, runner)
-        assert deft.deft_prepare_graph_replay(fb)
-        check_replay(sim, deft, native, fb, seed=20 + step)
-        sim.sample()
+    replay_steps(sim, deft, native, runner, steps=3, join_at=2, seed=20)
     assert deft.graphs.replays == 3 and deft.graphs.refused == 0
     assert deft.reuse.reused == 1  # step 1 advanced the workspace; step 2 had a new request
 
@@ -96,14 +102,7 @@ def test_reused_plans_advance_in_replays(sim_factory, deft_patches, where):
     runner, deft, native, _ = backends(sim, config=config)
     captured(sim, deft, runner)
     assert (deft.graphs.workspace.tails is not None) == (where == "graph")
-    for step in range(7):
-        if step == 5:
-            sim.submit([list(range(10, 58)) + [7, 7]])
-        sim.decode()
-        fb = forward_batch(sim, runner)
-        assert deft.deft_prepare_graph_replay(fb)
-        check_replay(sim, deft, native, fb, seed=40 + step)
-        sim.sample()
+    replay_steps(sim, deft, native, runner, steps=7, join_at=5, seed=40)
     # steps: fresh, 2 advanced, re-planned (slack used up), 1 advanced, fresh (join), advanced
     assert deft.reuse.reused == 4 and deft.reuse.fresh == 3
 
