@@ -21,7 +21,8 @@
 #   graphab bench_graph.py on the e2e runs' decode batches, default vs split_launches=true
 #   tp      benchmarks/tp_e2e.sh with --tp ${TP_SIZE:-2} (needs that many GPUs; TP_GRID overrides
 #           its grid)
-#   host    benchmarks/bench_host.py (host time per decode step, 256 requests)
+#   host    benchmarks/bench_host.py (host time per decode step, 256 requests), with the tail
+#           advanced by the host and (host-graph-advance/) inside the graph
 #   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
 #   srvprof benchmarks/profile_server.py: torch-profiler summary of decode steps in the servers,
 #           llama3-8b-shape 8k x 64 (deft, stock_flashinfer, stock) and llama-1b-shape 1k x 64
@@ -92,7 +93,9 @@ for step in $STEPS; do
                  --workloads 'srv*' 'fewshot-4000xb50-g400' 'unshared-128x4096' \
                  --deft-config split_launches=true" ;;
     tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" "${TP_SIZE:-2}" ;;
-    host) run host 600 python3 benchmarks/bench_host.py --out "$WORK/host" --profile ;;
+    host) run host 600 bash -c "python3 benchmarks/bench_host.py --out '$WORK/host' --profile && \
+              python3 benchmarks/bench_host.py --out '$WORK/host-graph-advance' \
+              --graph-tail-advance graph" ;;
     spec) run spec 1200 bash benchmarks/spec_e2e.sh "$MODELS" "$WORK/spec" ;;
     profile) run profile 900 bash -c "python3 benchmarks/sweep_config.py --out '$WORK/profile' && \
                  for w in fewshot-4000xb50-g400 tot-keyword-tree82-it198 \
