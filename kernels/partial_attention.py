@@ -10,9 +10,10 @@ By default one program handles one work item for one KV head (grid ``[num_items,
 ``[num_items * Hkv]`` item-major with ``INTERLEAVE_HEADS``, the planner's default, so that every
 head's heaviest items start first).  For CUDA graphs a fixed grid of persistent programs consumes
 the work list through an atomic counter instead (one per KV head, or one over (item, head) pairs
-when interleaved): each program claims the next unclaimed item whenever it is free.  The planner sorts items heaviest first, so the heavy items start first and the light ones
-fill in behind them; load balance matches the one-program-per-item grid, whose hardware block
-scheduler hands items out in the same order.
+when interleaved): each program claims the next unclaimed item whenever it is free.  The planner
+sorts items heaviest first, so the heavy items start first and the light ones fill in behind
+them; load balance matches the one-program-per-item grid, whose hardware block scheduler hands
+items out in the same order.
 
 Rows are processed in tiles of ``BLOCK_M``; for each row tile the chunk is streamed in blocks of
 ``BLOCK_N`` tokens with an online softmax.  A program whose group needs several row tiles walks
@@ -161,47 +162,38 @@ def _partial_attention_kernel(
     DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr, PERSISTENT: tl.constexpr,
     INTERLEAVE_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
 ):
-    if INTERLEAVE_HEADS:
-        # One order over (item, KV head) pairs, item-major: the heaviest items of every head
-        # start first (a head-major order starts the last head's heavy items last).
-        if PERSISTENT:
-            first, end = tl.load(bounds_ptr), tl.load(bounds_ptr + 1)
-            total = (end - first) * NUM_KV_HEADS
-            claim = tl.atomic_add(work_counters_ptr, 1, sem="relaxed")
-            while claim < total:
-                _run_item(first + claim // NUM_KV_HEADS, claim % NUM_KV_HEADS, q_ptr, k_ptr,
-                          v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, items_stride,
-                          partial_out_ptr, partial_lse_ptr, stride_qb, stride_qh, stride_kn,
-                          stride_kh, stride_vn, stride_vh, stride_pp, stride_ph, stride_lp,
-                          qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP, SMALL_M, SMALL_N, BLOCK_M,
-                          BLOCK_N, DOT_FP32, IEEE_FP32)
-                claim = tl.atomic_add(work_counters_ptr, 1, sem="relaxed")
-        else:
-            pair = tl.program_id(0)
-            _run_item(pair // NUM_KV_HEADS, pair % NUM_KV_HEADS, q_ptr, k_ptr, v_ptr,
-                      kv_indices_ptr, query_order_ptr, items_ptr, items_stride, partial_out_ptr,
-                      partial_lse_ptr, stride_qb, stride_qh, stride_kn, stride_kh, stride_vn,
-                      stride_vh, stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM,
-                      BLOCK_D, GROUP, SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
-    elif PERSISTENT:
+    # INTERLEAVE_HEADS: one order over (item, KV head) pairs, item-major, so the heaviest items
+    # of every head start first (a head-major order starts the last head's heavy items last).
+    if PERSISTENT:
         # A fixed grid walks a work list whose length lives in device memory (CUDA graphs).
         # Items are claimed one at a time rather than dealt round-robin: items differ widely in
         # cost, and a static deal can leave programs that drew heavy items running after the
         # rest are idle.  No `break` in Triton: claim the first item before the loop.  Relaxed
         # order suffices: the counter is the only state programs share (items are read-only and
         # every partial slot has one writer), and acq_rel's fences cost about 5% (H200).
-        kv_head = tl.program_id(1)
         first, end = tl.load(bounds_ptr), tl.load(bounds_ptr + 1)
-        item = first + tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
-        while item < end:
+        if INTERLEAVE_HEADS:  # one counter over the pairs
+            counter, total = work_counters_ptr, (end - first) * NUM_KV_HEADS
+        else:  # one counter per KV head
+            counter, total = work_counters_ptr + tl.program_id(1), end - first
+        claim = tl.atomic_add(counter, 1, sem="relaxed")
+        while claim < total:
+            if INTERLEAVE_HEADS:
+                item, kv_head = first + claim // NUM_KV_HEADS, claim % NUM_KV_HEADS
+            else:
+                item, kv_head = first + claim, tl.program_id(1)
             _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr,
                       items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
                       stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
                       stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
                       SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
-            item = first + tl.atomic_add(work_counters_ptr + kv_head, 1, sem="relaxed")
+            claim = tl.atomic_add(counter, 1, sem="relaxed")
     else:
-        _run_item(tl.program_id(0), tl.program_id(1), q_ptr, k_ptr, v_ptr, kv_indices_ptr,
+        if INTERLEAVE_HEADS:
+            item, kv_head = tl.program_id(0) // NUM_KV_HEADS, tl.program_id(0) % NUM_KV_HEADS
+        else:
+            item, kv_head = tl.program_id(0), tl.program_id(1)
+        _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr,
                   query_order_ptr, items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
                   stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
                   stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
