@@ -36,13 +36,14 @@ DEFAULT_WORKLOADS = [
     "fanout-2048x1024-g32", "tree3-1600x16x16", "tot-*", "spec-star-t128",
     "fewshot-4000xb50-g400@16/1/d128", "unshared-128x4096", "mixed-*"]
 # Session 4 swept registers caps, split launches, smaller tiles and merge heads (none helped;
-# results/session4-*); session 5 made interleave_heads and the sequential merge the defaults.
-# Next: more warps per row tile (phase 1 is latency-bound at 2 programs per SM), pipeline depth,
-# and the session-5 defaults switched back off, to confirm them per workload.
+# results/session4-*); session 5 made interleave_heads and the sequential merge the defaults;
+# session 6 (results/session6-h100/sweep) found more warps, 128-row tiles and deeper or shallower
+# pipelines slower overall, and made max_floor_over_want=2 and the blocked merge for small
+# batches the defaults. Next: those two switched off, to confirm them per workload, and the
+# shapes that gained from 128-row tiles (big fork groups) or from re-reads (MQA).
 DEFAULT_CONFIGS = [
-    "", "num_warps=8", "block_m=128,num_warps=8", "num_stages=2", "num_stages=4",
-    "small_block_n=32", "block_m=32", "reread_min_queries=8", "max_floor_over_want=2",
-    "waves=8", "interleave_heads=false", "merge_stages=0", "merge_stages=2,merge_warps=4"]
+    "", "max_floor_over_want=0", "merge_blocked_max_rows=0", "merge_blocked_max_rows=2048",
+    "block_m=128,num_warps=8", "reread_min_queries=8", "small_block_n=32", "waves=8"]
 PROFILE_REPS = 20
 
 

@@ -21,7 +21,10 @@ class PlannerConfig:
     l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
     fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
     max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
-        the length that load balance asks for (0 = no cap; the default until measured on a GPU).
+        the length that load balance asks for (0 = no cap). 2 took the server's 1k x 64 fork
+        batches from 57 to 37 us per layer (8B heads) and from 40 to 26 (1B heads), the 8k x 64
+        fork 93 -> 88, the rest within 2% except spec-star t128 (+8%): geomean 0.95x of no cap
+        over 17 workloads (H100, session 6, ``benchmarks/sweep_config.py``).
     fixed_chunk_tokens : batch-invariant mode when > 0: every node is cut into chunks of this
         many tokens and the merge combines a fixed number of partials per step, so a query's
         result is bit-identical whatever else shares the batch (load balance is then not tuned
@@ -35,6 +38,12 @@ class PlannerConfig:
     merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
         partial per step with the loop's loads pipelined this deep (a 2-D tile).
     merge_warps : warps per merge program.
+    merge_blocked_max_rows : batches of at most this many (query, head) rows merge with the
+        blocked loop whatever ``merge_stages`` says (0 = never). Few rows leave the sequential
+        loop's serial chain of loads exposed: blocked was 0.86-0.95x the sequential time on
+        batches of 320-800 rows (long 32k x 16, ToT snapshots, few-shot b20, MQA few-shot) and
+        1.13-1.16x on 4096-8192 (3-level tree, spec star t128); 1600-2048 rows within 4% either
+        way (H100, session 6). A shape-only choice, so CUDA-graph capture fixes it per batch size.
     interleave_heads : phase 1 takes (work item, KV head) pairs item-major, so the heaviest
         items of every KV head start first; off, the GPU's block order runs the heads one after
         another and the last head's heavy items start last.
@@ -59,7 +68,7 @@ class PlannerConfig:
     num_warps: int = 4
     num_stages: int = 3
     fp32_partials: bool = False
-    max_floor_over_want: float = 0.0
+    max_floor_over_want: float = 2.0
     fixed_chunk_tokens: int = 0
     split_launches: bool = False
     max_registers: int = 0
@@ -67,6 +76,7 @@ class PlannerConfig:
     interleave_heads: bool = True
     merge_stages: int = 3
     merge_warps: int = 2
+    merge_blocked_max_rows: int = 1024
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -79,7 +89,8 @@ class PlannerConfig:
         for name in ("waves", "min_chunk_partial_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be positive")
-        for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens"):
+        for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens",
+                     "merge_blocked_max_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PlannerConfig.{name} must be >= 0")
         if self.max_registers and not 24 <= self.max_registers <= 255:
@@ -93,3 +104,11 @@ class PlannerConfig:
                              f"or 8, got {self.merge_stages}, {self.merge_warps}")
         if self.reread_group_rows < 16:
             raise ValueError("PlannerConfig.reread_group_rows must be >= 16")
+
+    def merge_stages_for(self, num_rows: int) -> int:
+        """The merge loop for a batch of ``num_rows`` (query, head) rows: 0 (blocked) for small
+        batches (``merge_blocked_max_rows``), else ``merge_stages``. Batch-invariant plans keep
+        one loop whatever the batch, so that the summation order never depends on it."""
+        if self.fixed_chunk_tokens or num_rows > self.merge_blocked_max_rows:
+            return self.merge_stages
+        return 0

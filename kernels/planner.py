@@ -231,7 +231,8 @@ class TreeAttentionPlan:
                                      cfg.num_stages, max_registers=cfg.max_registers,
                                      interleave_heads=cfg.interleave_heads)
         launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
-                     *self.merge_shape, extra=extra, stages=cfg.merge_stages,
+                     *self.merge_shape, extra=extra,
+                     stages=cfg.merge_stages_for(q.shape[0] * q.shape[1]),
                      num_warps=cfg.merge_warps)
         return out
 

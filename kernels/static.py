@@ -171,6 +171,7 @@ class StaticTreeAttention:
                                      max_registers=max_registers,
                                      interleave_heads=self.config.interleave_heads)
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
-                     out, *self.merge_shape, extra=extra, stages=self.config.merge_stages,
+                     out, *self.merge_shape, extra=extra,
+                     stages=self.config.merge_stages_for(q.shape[0] * q.shape[1]),
                      num_warps=self.config.merge_warps)
         return out

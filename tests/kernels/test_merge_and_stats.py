@@ -97,12 +97,37 @@ def test_merge_launch_shapes_agree(merge_shape, stages):
     args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
     plan = plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32, device=DEVICE,
                                config=PlannerConfig(block_n=16, waves=64.0, merge_stages=stages,
-                                                    min_chunk_partial_ratio=0.01))
+                                                    min_chunk_partial_ratio=0.01,
+                                                    merge_blocked_max_rows=0))
     assert plan.stats()["max_partials_per_query"] > 2  # the merge has work to pipeline
     plan.merge_shape = merge_shape
     q, k, v = random_qkv(forest, 5, 8, 2, 32, torch.float32)
     err = (plan.run(q, k, v) - tree_attention_reference(q, k, v, *args)).abs().max().item()
     assert err < 2e-5
+
+
+def test_small_batches_merge_with_the_blocked_loop(monkeypatch):
+    from deft_sglang.kernels import PlannerConfig, planner
+
+    cfg = PlannerConfig(merge_stages=3, merge_blocked_max_rows=64)
+    assert (cfg.merge_stages_for(64), cfg.merge_stages_for(65)) == (0, 3)
+    assert PlannerConfig(merge_blocked_max_rows=0).merge_stages_for(1) == 3
+    # batch-invariant plans keep one summation order whatever the batch size
+    assert PlannerConfig(fixed_chunk_tokens=64).merge_stages_for(1) == 3
+
+    from .trees import random_qkv
+    forest = star(prefix=90, branches=5, tail=7)
+    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    seen, real = [], planner.launch_merge
+    monkeypatch.setattr(planner, "launch_merge",
+                        lambda *a, **kw: seen.append(kw["stages"]) or real(*a, **kw))
+    q, k, v = random_qkv(forest, 5, 8, 2, 32, torch.float32)
+    for rows_bound, stages in ((40, 0), (39, 3)):  # 5 queries x 8 heads = 40 rows
+        plan = plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32,
+                                   device=DEVICE, config=PlannerConfig(
+                                       block_n=16, merge_blocked_max_rows=rows_bound))
+        plan.run(q, k, v)
+        assert seen[-1] == stages
 
 
 @pytest.mark.parametrize("with_extra", [False, True])

@@ -196,3 +196,17 @@ def test_interleaved_head_order_changes_no_result():
         assert torch.equal(plan.run(q, k, v), whole)  # each (item, head) computed alike
         static.load(plan)
         assert torch.equal(static.run(q, k, v, torch.empty_like(q)), whole)
+
+
+@pytest.mark.parametrize("blocked_max_rows", [0, 1 << 20])  # sequential loop, blocked loop
+def test_both_merge_loops_in_the_graph_form(blocked_max_rows):
+    config = PlannerConfig(merge_blocked_max_rows=blocked_max_rows)
+    static = workspace(config=config)
+    for seed, forest in enumerate(TREES):
+        q, k, v = random_qkv(forest, len(forest.query_node), HQ, HKV, D, torch.float32,
+                             seed=seed)
+        static.load(plan_for(forest, config))
+        got = static.run(q, k, v, torch.empty_like(q))
+        want = tree_attention_reference(q, k, v, forest.parent, forest.indptr, forest.indices,
+                                        forest.query_node)
+        assert (got - want).abs().max().item() < 2e-5
