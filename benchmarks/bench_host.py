@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--prompt", type=int, default=1024, help="prompt tokens")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--tail-slack", type=int, default=None, help="DeftConfig.tail_slack")
-    p.add_argument("--graph-tail-advance", choices=("host", "graph"), default="host",
+    p.add_argument("--graph-tail-advance", choices=("host", "graph"), default="graph",
                    help="DeftConfig.graph_tail_advance (graph: the replay advances reused plans)")
     p.add_argument("--profile", action="store_true", help="cProfile the fork's advanced steps")
     return p.parse_args(argv)

@@ -12,7 +12,7 @@
 #           the examples against each server, fork grid, n=32 sampling, 256 unshared prompts
 #   soak    benchmarks/soak.py on llama-1b-shape, stock and deft
 #   e2e8b   examples/e2e_compare.py on llama3-8b-shape: deft, stock, stock_flashinfer, full grid
-#           (E2E8B_LAUNCHES overrides the launches, e.g. adding deft_graph_advance)
+#           (E2E8B_LAUNCHES overrides the launches, e.g. adding deft_host_advance)
 #   fuzz    the kernel fuzz suite with 10,000 cases
 #   kernels benchmarks/bench_kernels.py --quick --server-shapes
 #   vtests  the tree-verification tests (kernels and backend), GPU-marked ones included
@@ -22,7 +22,7 @@
 #   tp      benchmarks/tp_e2e.sh with --tp ${TP_SIZE:-2} (needs that many GPUs; TP_GRID overrides
 #           its grid)
 #   host    benchmarks/bench_host.py (host time per decode step, 256 requests), with the tail
-#           advanced by the host and (host-graph-advance/) inside the graph
+#           advanced inside the graph (the default) and (host-host-advance/) by the host
 #   spec    benchmarks/spec_e2e.sh on llama-1b-shape (speculative decoding, stock vs DeFT)
 #   srvprof benchmarks/profile_server.py: torch-profiler summary of decode steps in the servers,
 #           llama3-8b-shape 8k x 64 (deft, stock_flashinfer, stock) and llama-1b-shape 1k x 64
@@ -94,8 +94,8 @@ for step in $STEPS; do
                  --deft-config split_launches=true" ;;
     tp) run tp 1500 bash benchmarks/tp_e2e.sh "$MODELS" "$WORK/tp" "${TP_SIZE:-2}" ;;
     host) run host 600 bash -c "python3 benchmarks/bench_host.py --out '$WORK/host' --profile && \
-              python3 benchmarks/bench_host.py --out '$WORK/host-graph-advance' \
-              --graph-tail-advance graph" ;;
+              python3 benchmarks/bench_host.py --out '$WORK/host-host-advance' \
+              --graph-tail-advance host" ;;
     spec) run spec 1200 bash benchmarks/spec_e2e.sh "$MODELS" "$WORK/spec" ;;
     profile) run profile 900 bash -c "python3 benchmarks/sweep_config.py --out '$WORK/profile' && \
                  for w in fewshot-4000xb50-g400 tot-keyword-tree82-it198 \

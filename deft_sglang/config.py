@@ -29,11 +29,10 @@ Variable                                Default    Meaning
                                                    tail, so the next decode steps of an unchanged
                                                    batch reuse the plan (advanced on the GPU)
                                                    instead of re-planning; 0: plan every step.
-``DEFT_GRAPH_TAIL_ADVANCE``             ``host``   Where a replayed decode graph's reused plan is
-                                                   advanced: ``host`` (two device copies launched
-                                                   before the replay) or ``graph`` (a kernel the
-                                                   graph captured: no host launch; not yet run in
-                                                   a GPU server, so not the default).
+``DEFT_GRAPH_TAIL_ADVANCE``             ``graph``  Where a replayed decode graph's reused plan is
+                                                   advanced: ``graph`` (a kernel the graph
+                                                   captured: no host launch) or ``host`` (two
+                                                   device copies launched before the replay).
 ``DEFT_SPEC_VERIFY``                    ``1``      Speculative decoding (EAGLE, EAGLE3,
                                                    STANDALONE): the target model's tree-verify
                                                    forwards run DeFT (the draft model keeps a
@@ -158,7 +157,7 @@ class DeftConfig:
     validate_plan: bool = False
     min_batch_size: int = 1
     tail_slack: int = 32
-    graph_tail_advance: str = "host"
+    graph_tail_advance: str = "graph"
     spec_verify: bool = True
     shadow_check: bool = False
     stats_interval: int = 0
@@ -192,7 +191,7 @@ class DeftConfig:
             validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
             tail_slack=_get_int(env, "DEFT_TAIL_SLACK", 32, 0),
-            graph_tail_advance=_get_choice(env, "DEFT_GRAPH_TAIL_ADVANCE", "host",
+            graph_tail_advance=_get_choice(env, "DEFT_GRAPH_TAIL_ADVANCE", "graph",
                                            GRAPH_TAIL_ADVANCE),
             spec_verify=_get_bool(env, "DEFT_SPEC_VERIFY", True),
             shadow_check=_get_bool(env, "DEFT_SHADOW_CHECK", False),

@@ -20,9 +20,9 @@ sglang.launch_server --attention-backend deft``), ``deft_module`` (``python -m
 deft_sglang.launch_server``), ``deft_engine`` (``deft_sglang.enable()`` + ``sgl.Engine``),
 ``deft_eager`` (``deft`` with ``DEFT_CUDA_GRAPH=disable``: decode graphs off), ``deft_shadow``
 (``deft`` with ``DEFT_SHADOW_CHECK=1``: every decode layer also runs the stock kernel; the report
-gets the largest difference seen, from the server log), ``deft_graph_advance`` (``deft`` with
-``DEFT_GRAPH_TAIL_ADVANCE=graph``: graphs advance reused plans). DeFT servers log their host
-time per decode step (``DEFT_STATS_INTERVAL``); the report keeps the last such line.
+gets the largest difference seen, from the server log), ``deft_host_advance`` (``deft`` with
+``DEFT_GRAPH_TAIL_ADVANCE=host``: the host advances reused plans, not the graph). DeFT servers
+log their host time per decode step (``DEFT_STATS_INTERVAL``); the report keeps the last such line.
 
     python examples/e2e_compare.py --model-path /tmp/sglang-0.5.17/models/llama-1b-shape \\
         --out benchmarks/results/e2e-llama-1b [--quick]
@@ -48,7 +48,7 @@ from _e2e_plots import write_plots  # noqa: E402
 from _tot_program import run_tot  # noqa: E402
 
 LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_module", "deft_engine", "deft_eager",
-            "deft_shadow", "deft_graph_advance")
+            "deft_shadow", "deft_host_advance")
 SERVER_FLAGS = {
     "stock": ["-m", "sglang.launch_server", "--attention-backend", "triton"],
     "stock_flashinfer": ["-m", "sglang.launch_server", "--attention-backend", "flashinfer"],
@@ -56,19 +56,19 @@ SERVER_FLAGS = {
     "deft_module": ["-m", "deft_sglang.launch_server"],
     "deft_eager": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
     "deft_shadow": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
-    "deft_graph_advance": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
+    "deft_host_advance": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
 }
 LAUNCH_ENV = {"deft": {"DEFT_STATS_INTERVAL": "200"},
               "deft_eager": {"DEFT_CUDA_GRAPH": "disable", "DEFT_STATS_INTERVAL": "200"},
               "deft_shadow": {"DEFT_SHADOW_CHECK": "1", "DEFT_STATS_INTERVAL": "20"},
-              "deft_graph_advance": {"DEFT_GRAPH_TAIL_ADVANCE": "graph",
-                                     "DEFT_STATS_INTERVAL": "200"}}
+              "deft_host_advance": {"DEFT_GRAPH_TAIL_ADVANCE": "host",
+                                    "DEFT_STATS_INTERVAL": "200"}}
 LOG_MARKERS = {"deft_active_logged": "DeFT tree attention active",
                "deft_graphs_logged": "DeFT decodes inside CUDA graphs",
                "deft_verify_logged": "DeFT verifies speculative draft trees",
                "host_time_line": "DeFT host time per decode step",
                "shadow_check_line": "DeFT shadow check"}
-THROUGHPUT_LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_eager", "deft_graph_advance")
+THROUGHPUT_LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_eager", "deft_host_advance")
 DEFAULT_EXTRA = "--sampling-backend pytorch --skip-server-warmup"
 
 

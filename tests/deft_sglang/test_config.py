@@ -27,8 +27,8 @@ def test_parsing():
     assert cfg.fallback_backend == "flashinfer"
     assert DeftConfig.from_env({"DEFT_LOG_LEVEL": "DEBUG"}).log_level == "debug"
     assert cfg.spec_verify and not DeftConfig.from_env({"DEFT_SPEC_VERIFY": "0"}).spec_verify
-    assert cfg.graph_tail_advance == "host"
-    assert DeftConfig.from_env({"DEFT_GRAPH_TAIL_ADVANCE": "Graph"}).graph_tail_advance == "graph"
+    assert cfg.graph_tail_advance == "graph"
+    assert DeftConfig.from_env({"DEFT_GRAPH_TAIL_ADVANCE": "Host"}).graph_tail_advance == "host"
 
 
 @pytest.mark.parametrize("env, name", [
