@@ -68,7 +68,8 @@ def run(workload: str) -> None:
     import workloads as WL
     from bench_kernels import make_planner, unique_slots
 
-    wl = next(w for w in WL.full_workloads() if w.name == workload).materialize(0)
+    pool = WL.server_workloads() + WL.full_workloads()
+    wl = next(w for w in pool if w.name == workload).materialize(0)
     h, dev = wl.heads, torch.device("cuda")
     K = H.import_deft()
     g = torch.Generator(device=dev).manual_seed(0)
