@@ -11,7 +11,8 @@
 #   e2e1b   examples/e2e_compare.py on llama-1b-shape: deft, deft_module, deft_engine vs stock,
 #           the examples against each server, fork grid, n=32 sampling, 256 unshared prompts
 #   soak    benchmarks/soak.py on llama-1b-shape, stock and deft
-#   e2e8b   examples/e2e_compare.py on llama3-8b-shape: deft, stock, stock_flashinfer, full grid
+#   e2e8b   examples/e2e_compare.py on llama3-8b-shape: stock, stock_flashinfer, deft, full grid,
+#           then server_log_throughput.py on its logs (steady-state tok/s)
 #           (E2E8B_LAUNCHES overrides the launches, e.g. adding deft_host_advance)
 #   fuzz    the kernel fuzz suite with 10,000 cases
 #   kernels benchmarks/bench_kernels.py --quick --server-shapes
@@ -74,8 +75,12 @@ for step in $STEPS; do
                --grid 1024,8192:64 --unshared 256 ;;
     soak) run soak 1500 python3 benchmarks/soak.py --model-path "$MODELS/llama-1b-shape" \
               --out "$WORK/soak" --launches stock,deft ;;
-    e2e8b) run e2e8b 1800 python3 examples/e2e_compare.py --model-path "$MODELS/llama3-8b-shape" \
-               --out "$WORK/e2e8b" --launches "${E2E8B_LAUNCHES:-deft,stock,stock_flashinfer}" ;;
+    e2e8b) run e2e8b 1800 bash -c "python3 examples/e2e_compare.py \
+               --model-path '$MODELS/llama3-8b-shape' --out '$WORK/e2e8b' \
+               --launches '${E2E8B_LAUNCHES:-stock,stock_flashinfer,deft}' && \
+               python3 benchmarks/server_log_throughput.py '$WORK/e2e8b' \
+               --launches '${E2E8B_LAUNCHES:-stock,stock_flashinfer,deft}' \
+               --json '$WORK/e2e8b/server_log_throughput.json'" ;;
     fuzz) run fuzz 1500 env DEFT_FUZZ_EXAMPLES=10000 DEFT_FUZZ_SHARDS=16 python3 -m pytest \
               tests/kernels/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics \
               "${PYTEST_WORKERS[@]}" ;;
