@@ -4,11 +4,12 @@ Query ``b`` owns the partial slots ``merge_slots[merge_indptr[b]:merge_indptr[b+
 the same order, so the result is deterministic; no atomics).  A query with no partial (its whole
 path holds no token) gets zeros.
 
-Two loops, one kernel: by default (``PlannerConfig.merge_stages`` > 0) it folds one partial per
-loop step into a ``[heads, D]`` tile and lets Triton pipeline the loop's loads; with
-``merge_stages=0`` it folds ``BLOCK_P`` partials per step in a 3-D tile.  On an H100 the 3-D tile
-(BLOCK_P = 8) ran at about 0.3 TB/s (64 queries x 20 partials x 32 heads of 128: 33.8 us,
-against 12.5 us sequential; ``benchmarks/results/session5-h100/merge-bench``).
+Two loops, one kernel: with ``stages`` > 0 it folds one partial per loop step into a
+``[heads, D]`` tile and lets Triton pipeline the loop's loads; with ``stages=0`` it folds
+``BLOCK_P`` partials per step in a 3-D tile.  On an H100 the 3-D tile (BLOCK_P = 8) ran at about
+0.3 TB/s on a large batch (64 queries x 20 partials x 32 heads of 128: 33.8 us, against 12.5 us
+sequential; ``benchmarks/results/session5-h100/merge-bench``), while small batches, whose
+sequential chains are exposed, merge faster blocked: ``PlannerConfig.merge_stages_for`` picks.
 
 Shapes and strides::
 
