@@ -274,17 +274,6 @@ def plot_bars(path: str, labels: list[str], series: dict[str, list], *, title: s
 
 
 def planner_config(K, overrides):
-    """A ``PlannerConfig`` from ``KEY=VALUE`` strings (ints, floats, true/false), or None."""
-    if not overrides:
-        return None
-    fields = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        try:
-            fields[key] = int(value)
-        except ValueError:
-            try:
-                fields[key] = float(value)
-            except ValueError:
-                fields[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return K.PlannerConfig(**fields)
+    """A ``PlannerConfig`` from ``KEY=VALUE`` strings (``PlannerConfig.from_overrides``), or
+    None for no overrides."""
+    return K.PlannerConfig.from_overrides(overrides) if overrides else None

@@ -37,13 +37,17 @@ DEFAULT_WORKLOADS = [
     "fewshot-4000xb50-g400@16/1/d128", "unshared-128x4096", "mixed-*"]
 # Session 4 swept registers caps, split launches, smaller tiles and merge heads (none helped;
 # results/session4-*); session 5 made interleave_heads and the sequential merge the defaults;
-# session 6 (results/session6-h100/sweep) found more warps, 128-row tiles and deeper or shallower
-# pipelines slower overall, and made max_floor_over_want=2 and the blocked merge for small
-# batches the defaults. Next: those two switched off, to confirm them per workload, and the
-# shapes that gained from 128-row tiles (big fork groups) or from re-reads (MQA).
+# session 6 (results/session6-h100/run1/sweep) found more warps, 128-row tiles and deeper or
+# shallower pipelines slower overall, and made max_floor_over_want=2 and the blocked merge for
+# small batches the defaults. Its Nsight Compute run showed wide groups' row-tile passes missing
+# L2, so this sweep tries row groups that run side by side (chunk-major order), for any node.
 DEFAULT_CONFIGS = [
-    "", "max_floor_over_want=0", "merge_blocked_max_rows=0", "merge_blocked_max_rows=2048",
-    "block_m=128,num_warps=8", "reread_min_queries=8", "small_block_n=32", "waves=8"]
+    "", "reread_min_queries=8",
+    "reread_min_queries=8,reread_needs_node_in_l2=false",
+    "reread_min_queries=16,reread_needs_node_in_l2=false",
+    "reread_min_queries=16,reread_needs_node_in_l2=false,reread_group_rows=64",
+    "reread_min_queries=32,reread_needs_node_in_l2=false,reread_group_rows=64",
+    "block_m=128,num_warps=8,reread_min_queries=16,reread_needs_node_in_l2=false"]
 PROFILE_REPS = 20
 
 

@@ -94,6 +94,7 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
         super().__init__()
         self.config = config or get_config(getattr(model_runner, "server_args", None))
         self.config.apply_log_level()
+        self.planner_config = self.config.planner_config()  # None: the planner's defaults
         self.inner = inner if inner is not None else _create_inner(
             model_runner, self.config.fallback_backend)
         self.inner_name = type(self.inner).__name__
@@ -255,7 +256,7 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
         kwargs = dict(num_qo_heads=self.q_heads, num_kv_heads=self.kv_heads,
                       head_dim=self.head_dim, device=self.device,
                       validate=self.config.validate_plan, num_slots=num_slots,
-                      kv_elem_bytes=elem_bytes)
+                      kv_elem_bytes=elem_bytes, config=self.planner_config)
         arrays = (forest.node_parent, forest.node_kv_indptr,
                   forest.gather_kv_indices(self.req_to_token), forest.query_node)
         if draft_len:

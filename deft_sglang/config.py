@@ -23,6 +23,10 @@ Variable                                Default    Meaning
                                                    each request's ``req_to_token`` row (a device
                                                    sync per step; for debugging).
 ``DEFT_VALIDATE_PLAN``                  ``0``      Validate the forest handed to the planner (host sync).
+``DEFT_PLANNER``                        (none)     Planner overrides, comma-separated
+                                                   ``KEY=VALUE`` fields of
+                                                   ``kernels.PlannerConfig`` (e.g.
+                                                   ``waves=8,block_m=128``); for tuning.
 ``DEFT_MIN_BATCH_SIZE``                 ``1``      Eager decode batches smaller than this use the
                                                    stock kernel (graph replays always run DeFT).
 ``DEFT_TAIL_SLACK``                     ``32``     Plans leave this many free slots per request
@@ -97,6 +101,18 @@ def _get_choice(env: Mapping[str, str], name: str, default: str, choices) -> str
     return value
 
 
+def _get_planner(env: Mapping[str, str]) -> tuple:
+    raw = env.get("DEFT_PLANNER", "")
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if items:
+        from .kernels.config import PlannerConfig
+        try:
+            PlannerConfig.from_overrides(items)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"DEFT_PLANNER={raw!r}: {exc}") from None
+    return items
+
+
 def _fallback_backend(env: Mapping[str, str], server_args: Any) -> str:
     raw = env.get("DEFT_FALLBACK_BACKEND")
     if raw is not None and raw.strip():
@@ -132,6 +148,8 @@ class DeftConfig:
         Compare shared nodes' slots with every request's ``req_to_token`` row each step.
     validate_plan : bool
         Validate the forest arrays in the planner.
+    planner : tuple of str
+        ``KEY=VALUE`` overrides of the planner's defaults (:meth:`planner_config`).
     min_batch_size : int
         Smallest decode batch DeFT handles.
     tail_slack : int
@@ -155,6 +173,7 @@ class DeftConfig:
     graph_workspace_mb: int = 256
     verify_tree: bool = False
     validate_plan: bool = False
+    planner: tuple = ()
     min_batch_size: int = 1
     tail_slack: int = 32
     graph_tail_advance: str = "graph"
@@ -189,6 +208,7 @@ class DeftConfig:
             graph_workspace_mb=_get_int(env, "DEFT_GRAPH_WORKSPACE_MB", 256, 16),
             verify_tree=_get_bool(env, "DEFT_VERIFY_TREE", False),
             validate_plan=_get_bool(env, "DEFT_VALIDATE_PLAN", False),
+            planner=_get_planner(env),
             min_batch_size=_get_int(env, "DEFT_MIN_BATCH_SIZE", 1, 1),
             tail_slack=_get_int(env, "DEFT_TAIL_SLACK", 32, 0),
             graph_tail_advance=_get_choice(env, "DEFT_GRAPH_TAIL_ADVANCE", "graph",
@@ -198,6 +218,13 @@ class DeftConfig:
             stats_interval=_get_int(env, "DEFT_STATS_INTERVAL", 0, 0),
             log_level=_get_choice(env, "DEFT_LOG_LEVEL", "", LOG_LEVELS) or None,
         )
+
+    def planner_config(self):
+        """The ``kernels.PlannerConfig`` these settings ask for (None: the defaults)."""
+        if not self.planner:
+            return None
+        from .kernels.config import PlannerConfig
+        return PlannerConfig.from_overrides(self.planner)
 
     def apply_log_level(self) -> None:
         """Set the ``deft_sglang`` logger's level when ``DEFT_LOG_LEVEL`` asks for one."""

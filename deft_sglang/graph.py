@@ -167,6 +167,7 @@ def create_decode_graphs(backend, max_bs: int, max_tokens: int = 0) -> Optional[
             max_bs=max_bs, num_slots=num_slots, q_heads=backend.q_heads,
             kv_heads=backend.kv_heads, head_dim=backend.head_dim, dtype=dtype,
             device=backend.device, workspace_mb=backend.config.graph_workspace_mb,
+            config=backend.planner_config,
             tail_slack=backend.config.tail_slack, max_queries=max_tokens,
             tail_in_graph=backend.config.graph_tail_advance == "graph")
         graphs.verify = create_verify_buffers(backend, max_bs, max_tokens)

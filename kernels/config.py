@@ -1,7 +1,7 @@
 """The planner's tuning knobs (``PlannerConfig``) and the fixed small row tile."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 SMALL_M = 16  # phase-1 row tile of items with few rows (plain decode, small groups)
 
@@ -18,6 +18,9 @@ class PlannerConfig:
     min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
     reread_min_queries : groups larger than this may be split into re-reading row groups.
     reread_group_rows : rows per re-reading row group.
+    reread_needs_node_in_l2 : split only nodes whose whole KV fits in a quarter of L2. False:
+        any node over ``reread_min_queries``; the row groups of one chunk are next to each other
+        in the work order, so they run side by side and only the chunks in flight need L2.
     l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
     fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
     max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
@@ -64,6 +67,7 @@ class PlannerConfig:
     min_chunk_partial_ratio: float = 4.0
     reread_min_queries: int = 64
     reread_group_rows: int = 128
+    reread_needs_node_in_l2: bool = True
     l2_bytes: int = 0
     num_warps: int = 4
     num_stages: int = 3
@@ -104,6 +108,37 @@ class PlannerConfig:
                              f"or 8, got {self.merge_stages}, {self.merge_warps}")
         if self.reread_group_rows < 16:
             raise ValueError("PlannerConfig.reread_group_rows must be >= 16")
+
+    @classmethod
+    def from_overrides(cls, items) -> "PlannerConfig":
+        """The defaults with ``KEY=VALUE`` overrides (e.g. ``["waves=8", "split_launches=true"]``),
+        each value read as its field's type and the result validated.
+
+        Raises
+        ------
+        ValueError
+            Naming an item that is not ``KEY=VALUE`` of a known field, or a value of the wrong
+            type, or a combination that fails validation.
+        """
+        defaults = {f.name: f.default for f in fields(cls)}
+        values = {}
+        for item in items:
+            key, sep, text = item.strip().partition("=")
+            if not sep or key not in defaults:
+                raise ValueError(f"PlannerConfig override {item!r} is not KEY=VALUE of a known "
+                                 f"field ({', '.join(defaults)})")
+            kind = type(defaults[key])
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"PlannerConfig.{key} must be true or false, got {text!r}")
+                values[key] = text.lower() in ("true", "1")
+            else:
+                try:
+                    values[key] = kind(text)
+                except ValueError:
+                    raise ValueError(f"PlannerConfig.{key} must be {kind.__name__}, "
+                                     f"got {text!r}") from None
+        return cls(**values)
 
     def merge_stages_for(self, num_rows: int) -> int:
         """The merge loop for a batch of ``num_rows`` (query, head) rows: 0 (blocked) for small

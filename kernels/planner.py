@@ -8,8 +8,9 @@ Planning (host side, numpy):
    its tokens and with the number of query rows it serves (``rows = queries * Hq/Hkv``); a chunk
    is never so short that writing its partial results would cost a good part of reading it.
 3. A node whose group exceeds ``reread_min_queries`` queries *and* whose KV fits in a slice of L2
-   may be split into row groups that re-read the KV (from L2): fewer partial results, more
-   parallelism.  ``stats()`` reports those re-reads.
+   (or any such node, without ``reread_needs_node_in_l2``) may be split into row groups that
+   re-read the KV (from L2): fewer partial results, more parallelism.  ``stats()`` reports
+   those re-reads.
 
 Running (device side, no host work): phase 1 (``partial_attention``, one launch over all work
 items, heaviest first), then phase 2 (``merge``) per query.
@@ -60,7 +61,8 @@ def _segments(layout: TreeLayout, group: int, config: PlannerConfig, kv_bytes_pe
               l2_bytes: int) -> _Segments:
     tokens, queries = layout.node_tokens(), layout.node_queries()
     node = np.nonzero((tokens > 0) & (queries > 0))[0]
-    fits_l2 = tokens[node] * kv_bytes_per_token <= l2_bytes // 4
+    fits_l2 = (tokens[node] * kv_bytes_per_token <= l2_bytes // 4
+               if config.reread_needs_node_in_l2 else True)
     split = (queries[node] > config.reread_min_queries) & fits_l2
     group_queries = max(1, config.reread_group_rows // group)
     pieces = np.where(split, -(-queries[node] // group_queries), 1)
@@ -348,9 +350,11 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
         kv_source = spread.apply(kv_source, device)
     cost = items[1] * _cost_per_token(items[3] * group, block_m)
     large = items[3] * group > SMALL_M
-    # heaviest first: fewer stragglers (per launch: large items first when split)
-    order = (np.lexsort((-cost, ~large)) if config.split_launches
-             else np.argsort(-cost, kind="stable"))
+    # Heaviest first: fewer stragglers (per launch: large items first when split). Among equal
+    # costs, chunk-major (the KV begin, then the queries): the row groups of one chunk then run
+    # side by side and share it in L2, where segment-major order put a node's chunks between.
+    keys = (items[2], items[0], -cost)
+    order = np.lexsort(keys + (~large,) if config.split_launches else keys)
     items = items[:, order]
     rows = items[3] * group
 

@@ -376,3 +376,19 @@ def test_tensor_parallel_rank_decodes_its_own_heads(sim_factory, deft_patches, t
             torch.testing.assert_close(out, run(native, fb, lay, q, k, v), atol=2e-3, rtol=0)
             torch.testing.assert_close(out, run(triton, fb, lay, q, k, v), atol=2e-3, rtol=0)
             sim.sample()
+
+
+def test_planner_overrides_reach_the_plans(sim_factory, deft_patches):
+    sim = sim_factory()
+    fork(sim, [[1000 + i, 5] for i in range(4)])
+    config = DeftConfig(planner=("waves=8", "merge_blocked_max_rows=0"))
+    runner, deft, native, _ = backends(sim, config=config)
+    sim.decode()
+    fb = forward_batch(sim, runner)
+    lay = layer(sim, 0)
+    q, k, v = qkv(sim, fb.batch_size, seed=3)
+    out = run(deft, fb, lay, q, k, v)
+    plan_config = deft._step.plan.config
+    assert (plan_config.waves, plan_config.merge_blocked_max_rows) == (8.0, 0)
+    atol = 1e-4 if q.dtype == torch.float32 else 2e-3  # as test_decode_matches_stock
+    torch.testing.assert_close(out, run(native, fb, lay, q, k, v), atol=atol, rtol=0)

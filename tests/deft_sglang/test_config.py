@@ -46,6 +46,11 @@ def test_parsing():
     ({"DEFT_SHADOW_CHECK": "2"}, "DEFT_SHADOW_CHECK"),
     ({"DEFT_SPEC_VERIFY": "sometimes"}, "DEFT_SPEC_VERIFY"),
     ({"DEFT_GRAPH_TAIL_ADVANCE": "device"}, "DEFT_GRAPH_TAIL_ADVANCE"),
+    ({"DEFT_PLANNER": "wave=8"}, "DEFT_PLANNER"),                 # unknown field
+    ({"DEFT_PLANNER": "waves"}, "DEFT_PLANNER"),                  # not KEY=VALUE
+    ({"DEFT_PLANNER": "block_m=96"}, "DEFT_PLANNER"),             # fails validation
+    ({"DEFT_PLANNER": "split_launches=maybe"}, "DEFT_PLANNER"),   # not a bool
+    ({"DEFT_PLANNER": "num_warps=4.5"}, "DEFT_PLANNER"),          # not an int
 ])
 def test_invalid_values_name_the_variable(env, name):
     with pytest.raises(ValueError, match=name):
@@ -59,3 +64,11 @@ def test_fallback_follows_server_args():
     assert DeftConfig.from_env({}, args).fallback_backend == "triton"
     assert DeftConfig.from_env({"DEFT_FALLBACK_BACKEND": "torch_native"},
                                args).fallback_backend == "torch_native"
+
+
+def test_planner_overrides():
+    assert DeftConfig.from_env({}).planner_config() is None
+    cfg = DeftConfig.from_env({"DEFT_PLANNER": " waves=8, split_launches=true,block_m=128 "})
+    planner = cfg.planner_config()
+    assert (planner.waves, planner.split_launches, planner.block_m) == (8.0, True, 128)
+    assert planner.num_warps == 4  # untouched fields keep their defaults

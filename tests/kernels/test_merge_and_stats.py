@@ -1,6 +1,7 @@
 """LSE merge == attention over concatenated KV; plan IO statistics; exact-once loading."""
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,37 @@ def test_huge_fanout_may_choose_rereads_and_reports_them():
                      .PlannerConfig(reread_min_queries=1 << 30)).stats()
     assert exact["loaded_kv_tokens"] == exact["unique_kv_tokens"]
     assert exact["partial_bytes"] > stats["partial_bytes"]
+
+
+def test_row_groups_of_big_nodes_run_chunk_major():
+    """Without ``reread_needs_node_in_l2`` a node too big for L2 is split too, and the row groups
+    of each chunk sit next to each other in the work order (so they share it in L2)."""
+    from deft_sglang.kernels import PlannerConfig, tree_attention_reference
+
+    from .trees import random_qkv
+    forest = star(prefix=600, branches=12, tail=5)
+    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    tiny_l2 = dict(reread_min_queries=4, reread_group_rows=16, l2_bytes=1024, block_n=16,
+                   waves=64.0, min_chunk_partial_ratio=0.01)
+    plans = {whole: plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32,
+                                        device=DEVICE, config=PlannerConfig(
+                                            reread_needs_node_in_l2=whole, **tiny_l2))
+             for whole in (True, False)}
+    assert plans[True].stats()["loaded_kv_tokens"] == plans[True].stats()["unique_kv_tokens"]
+    split = plans[False]
+    assert split.stats()["loaded_kv_tokens"] == 3 * 600 + 12 * 5  # 12 queries, 4 per group
+    kv_begin, _, q_begin, q_count, _ = split.items.cpu().numpy()
+    prefix = np.nonzero(q_count == 4)[0]  # the prefix's row groups (tails have one query)
+    chunks = kv_begin[prefix]
+    assert len(set(chunks.tolist())) * 3 == len(prefix)
+    for start in range(0, len(prefix), 3):  # each chunk's three row groups back to back
+        assert np.all(prefix[start:start + 3] == prefix[start] + np.arange(3))
+        assert len(set(chunks[start:start + 3].tolist())) == 1
+        assert sorted(q_begin[prefix[start:start + 3]].tolist()) == [0, 4, 8]
+    q, k, v = random_qkv(forest, 12, 8, 2, 32, torch.float32)
+    want = tree_attention_reference(q, k, v, *args)
+    for plan in plans.values():
+        assert (plan.run(q, k, v) - want).abs().max().item() < 2e-5
 
 
 @pytest.mark.parametrize("merge_shape, stages", [((1, 1), 0), ((4, 2), 0), ((8, 16), 0),
