@@ -20,7 +20,12 @@ class PlannerConfig:
     reread_group_rows : rows per re-reading row group.
     reread_needs_node_in_l2 : split only nodes whose whole KV fits in a quarter of L2. False:
         any node over ``reread_min_queries``; the row groups of one chunk are next to each other
-        in the work order, so they run side by side and only the chunks in flight need L2.
+        in the work order, so they run side by side and only the chunks in flight need L2. With
+        ``reread_min_queries=16, reread_group_rows=64`` that took the 8k x 64 server fork batch
+        from 88 to 69 us per layer in graph form and the 8B server from 1.60x to 1.70x FlashInfer
+        (8k x 64) and 1.89x to 2.34x (16k x 64), H100, session 6 (``results/session6-h100/
+        run3-rowgroups``). Not the default yet: each row group counts its chunk as a load (the
+        exact-once accounting of the kernel contract), and its DRAM bytes are unmeasured.
     l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
     fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
     max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
