@@ -12,6 +12,8 @@ sums the DRAM bytes per side, to set against the unique-KV bytes and ``plan.stat
 the run.  The measured kernels are also bracketed by a tiny ``_ncu_marker_kernel``, so the parse
 still finds them if ncu ran without the NVTX filter (then it profiles every kernel: slower).
 Without ncu, ``python benchmarks/ncu_dram.py`` just runs and prints the expected bytes.
+``--workload NAME`` picks the workload (server shapes too), ``--deft-config KEY=VALUE ...`` a
+planner variant (e.g. the opt-in row groups, to see whether they share chunks in L2).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def _ncu_marker_kernel(ptr):
     tl.store(ptr, 1.0)
 
 
-def run(workload: str) -> None:
+def run(workload: str, overrides=()) -> None:
     import torch
 
     import baselines as BL
@@ -76,7 +78,7 @@ def run(workload: str) -> None:
     mk = lambda *s: torch.randn(*s, generator=g, device=dev).to(h.dtype)  # noqa: E731
     q = mk(wl.num_queries, h.num_qo_heads, h.head_dim)
     k, v = (mk(wl.num_slots, h.num_kv_heads, h.head_dim) for _ in range(2))
-    plan = make_planner(K, wl, dev, None)()
+    plan = make_planner(K, wl, dev, H.planner_config(K, overrides))()
     out = torch.empty_like(q)
     floor = RF.ReadFloor(unique_slots(wl), k, v)
     floor_run = floor.launcher(RF.CONFIGS[0])
@@ -108,5 +110,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--workload", default="fewshot-4000xb50-g400")
     ap.add_argument("--parse", metavar="CSV", help="sum an ncu --csv report instead of running")
+    ap.add_argument("--deft-config", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="PlannerConfig overrides, e.g. reread_needs_node_in_l2=false")
     a = ap.parse_args()
-    parse(a.parse) if a.parse else run(a.workload)
+    parse(a.parse) if a.parse else run(a.workload, a.deft_config)
