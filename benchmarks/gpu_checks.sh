@@ -28,16 +28,16 @@
 #   srvprof benchmarks/profile_server.py: torch-profiler summary of decode steps in the servers,
 #           llama3-8b-shape 8k x 64 (deft, stock_flashinfer, stock) and llama-1b-shape 1k x 64
 #           (deft, stock)
-#   rowgroups the opt-in row groups (ROWGROUPS, below) against the defaults: Nsight Compute DRAM
-#           bytes of one step on the 8k x 64 server batch and few-shot b50, then the 8B server
-#           grid with DEFT_PLANNER=$ROWGROUPS against stock (tokens compared)
+#   dram    Nsight Compute DRAM bytes of one step on the 8k x 64 server batch and few-shot b50,
+#           the defaults against DRAM_ALT (default: the row-group knobs before session 7, one
+#           program walking every row tile of a chunk)
 #   profile benchmarks/sweep_config.py (per-kernel time, planner variants), then Nsight Compute
 #           sections of the DeFT kernels on three workloads (WORK/profile/ncu-*.txt)
 set -u
 WORK=${1:?usage: gpu_checks.sh WORK [STEP ...]}
 shift
 STEPS=${*:-tests graph e2e1b soak e2e8b fuzz kernels}
-ROWGROUPS=${ROWGROUPS:-reread_min_queries=16,reread_needs_node_in_l2=false,reread_group_rows=64}
+DRAM_ALT=${DRAM_ALT:-reread_min_queries=64,reread_needs_node_in_l2=true,reread_group_rows=128}
 MODELS=${DEFT_MODELS:-/tmp/sglang-0.5.17/models}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$WORK"
@@ -114,20 +114,15 @@ for step in $STEPS; do
                          --section WarpStateStats -k regex:'_partial_attention_kernel|_merge_partials' \
                          -s 2 -c 2 python3 benchmarks/ncu_dram.py --workload \$w \
                          > '$WORK/profile/ncu-'\${w//\//_}.txt 2>&1; done" ;;
-    rowgroups) run rowgroups 1500 bash -c "mkdir -p '$WORK/rowgroups'; \
-                   for w in srv8b-fork-8192x64 fewshot-4000xb50-g400; do \
-                       for c in '' '${ROWGROUPS//,/ }'; do \
-                           f='$WORK/rowgroups/ncu-'\$w\${c:+-rowgroups}.csv; \
-                           ncu --nvtx --nvtx-include 'measured/' --metrics \
-                               dram__bytes_read.sum,dram__bytes_write.sum --print-units base \
-                               --csv python3 benchmarks/ncu_dram.py --workload \$w \
-                               \${c:+--deft-config \$c} > \$f 2>&1; \
-                           python3 benchmarks/ncu_dram.py --parse \$f; done; done; \
-                   DEFT_PLANNER='$ROWGROUPS' python3 examples/e2e_compare.py \
-                       --model-path '$MODELS/llama3-8b-shape' --out '$WORK/rowgroups/e2e8b' \
-                       --launches stock,stock_flashinfer,deft --grid 1024,8192,16384:64 \
-                       --parallel-n 0 --tot '' && python3 benchmarks/server_log_throughput.py \
-                       '$WORK/rowgroups/e2e8b' --launches stock,stock_flashinfer,deft" ;;
+    dram) run dram 900 bash -c "mkdir -p '$WORK/dram'; \
+              for w in srv8b-fork-8192x64 fewshot-4000xb50-g400; do \
+                  for c in '' '${DRAM_ALT//,/ }'; do \
+                      f='$WORK/dram/ncu-'\$w\${c:+-alt}.csv; \
+                      ncu --nvtx --nvtx-include 'measured/' --metrics \
+                          dram__bytes_read.sum,dram__bytes_write.sum --print-units base \
+                          --csv python3 benchmarks/ncu_dram.py --workload \$w \
+                          \${c:+--deft-config \$c} > \$f 2>&1; \
+                      python3 benchmarks/ncu_dram.py --parse \$f; done; done" ;;
     *) echo "unknown step $step" >> "$WORK/progress" ;;
     esac
 done

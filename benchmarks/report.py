@@ -43,6 +43,8 @@ def add_metrics(rec: dict, copy_GBps: float, tol: float) -> None:
         speedup_vs_best_peer=peers[best] / deft if best and deft else None,
         read_floor_us=floor, read_floor_pct_roofline=pct(floor),
         deft_over_floor=deft / floor if deft and floor else None,
+        # the most any kernel that reads the unique KV once could beat the best peer by
+        peer_over_floor=peers[best] / floor if best and floor else None,
         loaded_kv_tokens=loaded,
         loaded_over_unique=loaded / unique if loaded is not None and unique else None,
         partial_MB=st.get("partial_bytes", 0) / 1e6 if "partial_bytes" in st else None,
@@ -138,13 +140,17 @@ def targets(recs: list[dict]) -> list[str]:
     for g in groups:
         xs = [r["metrics"]["speedup_vs_best_peer"] for r in recs if r["group"] == g]
         gm = _geomean(xs)
+        ceiling = _geomean([r["metrics"].get("peer_over_floor") for r in recs if r["group"] == g])
         lines.append(f"- {g} ({len(xs)} workloads): geomean × best peer = {H.fmt(gm, 2)}, "
                      f"min {H.fmt(min([x for x in xs if x] or [None], key=lambda x: x or 0), 2)}"
-                     f" (≥ 2): {verdict(cmp(gm, '>=', 2.0))}")
+                     f" (≥ 2): {verdict(cmp(gm, '>=', 2.0))}; at the read floor it would be "
+                     f"{H.fmt(ceiling, 2)}")
     deep = [r for r in recs if r["depth"] >= 3 and r["heads"] == "32/8/d128"]
     gm = _geomean([r["metrics"]["speedup_vs_best_peer"] for r in deep])
+    ceiling = _geomean([r["metrics"].get("peer_over_floor") for r in deep])
     lines.append(f"- 3+-level trees ({len(deep)} workloads, 32/8/d128): geomean × best peer = "
-                 f"{H.fmt(gm, 2)} (≥ 2): {verdict(cmp(gm, '>=', 2.0))}")
+                 f"{H.fmt(gm, 2)} (≥ 2): {verdict(cmp(gm, '>=', 2.0))}; at the read floor it "
+                 f"would be {H.fmt(ceiling, 2)}")
     r = by.get("unshared-128x4096")
     if r:
         fastest = [_t(r, m) for m in ("sglang_triton", "flashinfer_decode") if _t(r, m)]

@@ -42,12 +42,9 @@ DEFAULT_WORKLOADS = [
 # small batches the defaults. Its Nsight Compute run showed wide groups' row-tile passes missing
 # L2, so this sweep tries row groups that run side by side (chunk-major order), for any node.
 DEFAULT_CONFIGS = [
-    "", "reread_min_queries=8",
-    "reread_min_queries=8,reread_needs_node_in_l2=false",
-    "reread_min_queries=16,reread_needs_node_in_l2=false",
-    "reread_min_queries=16,reread_needs_node_in_l2=false,reread_group_rows=64",
-    "reread_min_queries=32,reread_needs_node_in_l2=false,reread_group_rows=64",
-    "block_m=128,num_warps=8,reread_min_queries=16,reread_needs_node_in_l2=false"]
+    "", "reread_min_queries=64,reread_group_rows=128,reread_needs_node_in_l2=true",
+    "reread_group_rows=128", "reread_min_queries=8", "reread_min_queries=32",
+    "block_m=128,num_warps=8,reread_group_rows=128", "small_block_n=32", "num_warps=8"]
 PROFILE_REPS = 20
 
 

@@ -30,7 +30,8 @@ from ._logging import info_once, logger, warn_once
 from .config import DeftConfig, get_config
 from .graph import DecodeGraphs, pool_geometry
 from .graph_hooks import GraphHooks
-from .kernels import plan_tree_attention, plan_tree_verify
+from .kernels import PlannerConfig, plan_tree_attention, plan_tree_verify
+from .kernels import native as native_planner
 from .monitor import Monitor, ShadowCheck, log_plan_stats
 from .reuse import BatchSignature, PlanReuse
 from .support import layer_unsupported_reason, model_unsupported_reason
@@ -129,6 +130,8 @@ class DeftAttnBackend(GraphHooks, AttentionBackend):
         from .patches import forward_batch
 
         forward_batch.set_capture(True)
+        if (self.planner_config or PlannerConfig()).native:
+            native_planner.library()  # build the C planner core now, not in the first decode
         info_once("active", "DeFT tree attention active for decode (heads %d/%d, head_dim %d, "
                   "page_size %s; extend and fallbacks: %s)", self.q_heads, self.kv_heads,
                   self.head_dim, getattr(self.model_runner, "page_size", 1), self.inner_name)

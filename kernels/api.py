@@ -48,8 +48,10 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    config = config or PlannerConfig()
     if validate:
-        arrays = validate_tree(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots)
+        arrays = validate_tree(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots,
+                               native=config.native)
     else:
         arrays = [np.asarray(a.detach().cpu()) if isinstance(a, torch.Tensor) else np.asarray(a)
                   for a in (node_parent, node_kv_indptr, query_node)]
@@ -58,9 +60,9 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
                       else np.asarray(node_kv_indices))
         arrays = [arrays[0].astype(np.int64), arrays[1].astype(np.int64), kv_indices,
                   arrays[2].astype(np.int64)]
-    layout = build_layout(*arrays)
+    layout = build_layout(*arrays, native=config.native)
     return build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
-                      head_dim=head_dim, device=device, config=config or PlannerConfig(),
+                      head_dim=head_dim, device=device, config=config,
                       kv_elem_bytes=kv_elem_bytes, tail_slack=int(tail_slack))
 
 

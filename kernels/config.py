@@ -16,16 +16,20 @@ class PlannerConfig:
     waves : programs per SM the chunking aims for.
     num_sms : SMs to balance over (0 = read from the device, 132 when unknown).
     min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
-    reread_min_queries : groups larger than this may be split into re-reading row groups.
-    reread_group_rows : rows per re-reading row group.
-    reread_needs_node_in_l2 : split only nodes whose whole KV fits in a quarter of L2. False:
-        any node over ``reread_min_queries``; the row groups of one chunk are next to each other
-        in the work order, so they run side by side and only the chunks in flight need L2. With
-        ``reread_min_queries=16, reread_group_rows=64`` that took the 8k x 64 server fork batch
-        from 88 to 69 us per layer in graph form and the 8B server from 1.60x to 1.70x FlashInfer
-        (8k x 64) and 1.89x to 2.34x (16k x 64), H100, session 6 (``results/session6-h100/
-        run3-rowgroups``). Not the default yet: each row group counts its chunk as a load (the
-        exact-once accounting of the kernel contract), and its DRAM bytes are unmeasured.
+    reread_min_queries : groups of more queries than this are split into row groups of
+        ``reread_group_rows`` rows, one work item each per chunk: more programs and fewer
+        partial results than one program walking all the rows' tiles. The row groups of one
+        chunk are next to each other in the work order, so they run side by side and share it
+        in L2: one step of the 8k x 64 server batch read 77 MB from DRAM for 67 MB of unique KV,
+        against 162 MB with one program per chunk walking 4 row tiles (whose later passes
+        missed L2); few-shot 4000 x b50 105 MB for 98, against 132 (H100, Nsight Compute,
+        session 7). In graph form the 8k x 64 batch took 69 instead of 88 us per layer and the
+        8B server ran 8k x 64 at 1.70x and 16k x 64 at 2.34x stock FlashInfer, against 1.60x
+        and 1.89x; kernel-time geomean over the server shapes 0.90x (session 6, ``results/
+        session6-h100/run3-rowgroups``).
+    reread_group_rows : rows per row group.
+    reread_needs_node_in_l2 : split only nodes whose whole KV fits in a quarter of L2 (the
+        default before session 7, when the row groups of a chunk were not yet run together).
     l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
     fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
     max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
@@ -55,6 +59,9 @@ class PlannerConfig:
     interleave_heads : phase 1 takes (work item, KV head) pairs item-major, so the heaviest
         items of every KV head start first; off, the GPU's block order runs the heads one after
         another and the last head's heavy items start last.
+    native : plan with the C core (``kernels.native``: compiled on first use, about 10x less
+        host time than numpy's few hundred calls); the numpy path is used when it is off or no
+        C compiler is found. Both give the same plan, bit for bit.
     split_launches : phase 1 in two launches: items of more than 16 rows (listed first) in the
         kernel with both row tiles, the rest in the 16-row-tile kernel (fewer registers). Off:
         the whole work list runs in one kernel, the two-tile one when any item needs it.
@@ -70,9 +77,9 @@ class PlannerConfig:
     waves: float = 4.0
     num_sms: int = 0
     min_chunk_partial_ratio: float = 4.0
-    reread_min_queries: int = 64
-    reread_group_rows: int = 128
-    reread_needs_node_in_l2: bool = True
+    reread_min_queries: int = 16
+    reread_group_rows: int = 64
+    reread_needs_node_in_l2: bool = False
     l2_bytes: int = 0
     num_warps: int = 4
     num_stages: int = 3
@@ -86,6 +93,7 @@ class PlannerConfig:
     merge_stages: int = 3
     merge_warps: int = 2
     merge_blocked_max_rows: int = 1024
+    native: bool = True
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):

@@ -1,16 +1,17 @@
 """DeFT planning: turn a KV forest into a work list once per decode step, run it once per layer.
 
-Planning (host side, numpy):
+Planning (host side: the C core of ``kernels.native``, or numpy without a C compiler; the
+same plan either way):
 1. KV-guided grouping (``tree.build_layout``): the queries below each node form one contiguous
    range of the sorted query order, so a node's KV is applied to all of them at once.
 2. Flattened tree KV splitting: every node's KV is cut into chunks sized by a cost model, so
    that all programs carry similar work whatever the tree's shape.  A chunk's cost grows with
    its tokens and with the number of query rows it serves (``rows = queries * Hq/Hkv``); a chunk
    is never so short that writing its partial results would cost a good part of reading it.
-3. A node whose group exceeds ``reread_min_queries`` queries *and* whose KV fits in a slice of L2
-   (or any such node, without ``reread_needs_node_in_l2``) may be split into row groups that
-   re-read the KV (from L2): fewer partial results, more parallelism.  ``stats()`` reports
-   those re-reads.
+3. A node whose group exceeds ``reread_min_queries`` queries is split into row groups, one work
+   item per (chunk, row group), next to each other in the work order so that they read the
+   chunk from DRAM about once and share it in L2: more parallelism, fewer partial results.
+   ``stats()`` counts the further passes as L2 re-reads.
 
 Running (device side, no host work): phase 1 (``partial_attention``, one launch over all work
 items, heaviest first), then phase 2 (``merge``) per query.
@@ -27,6 +28,7 @@ import torch
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
 from .tails import TailSlack, tail_spread
+from . import native as native_core
 from .config import SMALL_M, PlannerConfig
 from .tree import TreeLayout, host_to_device
 
@@ -159,9 +161,13 @@ class TreeAttentionPlan:
         """IO and shape of the plan (per layer; token counts are per KV head).
 
         unique_kv_tokens : tokens of the nodes some query needs (each must be read once).
-        loaded_kv_tokens : tokens the run fetches from device memory; a chunk streamed again for
-            a further row tile of the same program is served by L2 and counted in
-            ``l2_reread_kv_tokens`` instead.
+        loaded_kv_tokens : tokens the plan brings in from device memory: each node's KV, once,
+            by its first row group.  Every other pass over a chunk (the other row groups of a
+            wide node, which the work order runs beside the first, and further row tiles) is
+            meant to hit L2 and is counted in ``l2_reread_kv_tokens``.  Whether it does is the
+            GPU's business: Nsight Compute measured 77 MB read from DRAM for 67 MB of unique KV
+            on the 8k x 64 server batch and 105 MB for 98 MB on few-shot 4000 x b50 (H100,
+            ``benchmarks/ncu_dram.py``).
         per_request_kv_tokens : what per-request decode reads (sum of path lengths).
         partial_bytes : bytes of partial results phase 1 writes (phase 2 reads them once).
         """
@@ -266,15 +272,20 @@ def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None
         raise ValueError("out must match q's shape and dtype, with unit stride on head_dim")
 
 
-def _lazy_stats(layout: TreeLayout, items: np.ndarray, rows: np.ndarray, block_m: int,
-                block_n: int, merge_shape, partial_counts: np.ndarray, num_partials: int,
-                partial_bytes: int):
+def _lazy_stats(layout: TreeLayout, items: np.ndarray, item_node: np.ndarray, group: int,
+                block_m: int, block_n: int, merge_shape, partial_counts: np.ndarray,
+                num_partials: int, partial_bytes: int):
     """``plan.stats()``'s dict, computed on first use: a server plans every few steps and
     reads the stats far less often (about 10% of a plan's host time)."""
     def compute() -> dict:
+        rows = items[3] * group
         node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
         needed = node_queries > 0
         tiles_per_item = np.where(rows <= SMALL_M, 1, -(-rows // block_m))
+        # A node's first row group brings its KV in; the other row groups (which run beside
+        # it, chunk-major) and further row tiles read it again.
+        first_group = items[2] == layout.query_begin[item_node]
+        loaded = int(np.sum(items[1][first_group]))
         return dict(
             num_nodes=layout.num_nodes,
             num_queries=layout.num_queries,
@@ -284,8 +295,8 @@ def _lazy_stats(layout: TreeLayout, items: np.ndarray, rows: np.ndarray, block_m
             max_partials_per_query=int(partial_counts.max()) if partial_counts.size else 0,
             merge_shape=merge_shape,
             unique_kv_tokens=int(np.sum(node_tokens[needed])),
-            loaded_kv_tokens=int(np.sum(items[1])),
-            l2_reread_kv_tokens=int(np.sum(items[1] * (tiles_per_item - 1))),
+            loaded_kv_tokens=loaded,
+            l2_reread_kv_tokens=int(np.sum(items[1] * tiles_per_item)) - loaded,
             per_request_kv_tokens=int(np.sum(node_tokens
                                              * (layout.query_end - layout.query_begin))),
             partial_bytes=partial_bytes,
@@ -312,14 +323,55 @@ def _upload(layout: TreeLayout, kv_indices, merge_indptr, merge_slots, items, de
     device_indices = isinstance(kv_indices, torch.Tensor)
     host_indices = [] if device_indices else [kv_indices]
     parts = host_indices + [layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
-    blob = host_to_device(np.concatenate(parts).astype(np.int32), device)
-    views, offset = [], 0
-    for part in parts:
-        views.append(blob[offset:offset + part.size])
-        offset += part.size
+    blob = host_to_device(np.concatenate(parts, dtype=np.int32, casting="same_kind"), device)
+    views = list(blob.split_with_sizes([part.size for part in parts]))
     if device_indices:
         views.insert(0, kv_indices.to(device=device, dtype=torch.int32).contiguous())
     return views[0], views[1], views[2], views[3], views[4].view(5, -1)
+
+
+def _plan_items_numpy(layout: TreeLayout, shape: tuple, config: PlannerConfig, spread):
+    """Work items in their final order, with each item's node and last-chunk flag, and the merge
+    lists: (items int64 [5, I], item_node [I], item_last bool [I], merge_indptr [B+1],
+    merge_slots [P], partial_counts [B], most partials of a query, most rows of an item, items
+    of more than 16 rows).  ``shape``: see ``build_plan``."""
+    group, block_n, num_sms, num_kv_heads, l2_bytes, kv_bytes_per_token = shape
+    seg = _segments(layout, group, config, kv_bytes_per_token, l2_bytes)
+    tokens = layout.node_tokens()[seg.node]
+    chunk_len = _chunk_lengths(tokens, seg.q_count * group, num_kv_heads, num_sms, block_n, config)
+    items, item_node, item_last = _work_items(layout, seg, chunk_len)
+    merge_indptr, merge_slots, partial_counts = _merge_lists(layout, items[2], items[3], items[4])
+    if spread is not None:
+        items[0] += spread.shift[item_node]
+    cost = items[1] * _cost_per_token(items[3] * group, config.block_m)
+    large = items[3] * group > SMALL_M
+    # Heaviest first: fewer stragglers (per launch: large items first when split). Among equal
+    # costs, chunk-major (the KV begin, then the queries): the row groups of one chunk then run
+    # side by side and share it in L2, where segment-major order put a node's chunks between.
+    keys = (items[2], items[0], -cost)
+    order = np.lexsort(keys + (~large,) if config.split_launches else keys)
+    rows = items[3] * group
+    return (items[:, order], item_node[order], item_last[order], merge_indptr, merge_slots,
+            partial_counts, int(partial_counts.max(initial=0)), int(rows.max(initial=0)),
+            int(large.sum()))
+
+
+def _plan_items_native(layout: TreeLayout, shape: tuple, config: PlannerConfig, spread):
+    """``_plan_items_numpy``'s result from the C core (``kernels.native``), bit for bit."""
+    key = (config, shape)
+    knobs = _NATIVE_KNOBS.get(key)
+    if knobs is None:
+        if len(_NATIVE_KNOBS) > 64:  # a long-lived process that saw many shapes
+            _NATIVE_KNOBS.clear()
+        knobs = _NATIVE_KNOBS[key] = native_core.Knobs(config, *shape)
+    contiguous = np.ascontiguousarray
+    return native_core.plan(knobs, contiguous(layout.kv_indptr, dtype=np.int64),
+                            contiguous(layout.query_begin), contiguous(layout.query_end),
+                            contiguous(layout.query_order),
+                            None if spread is None else contiguous(spread.shift))
+
+
+_NATIVE_KNOBS: dict = {}
 
 
 def resolve_block_n(config: PlannerConfig, head_dim: int) -> int:
@@ -336,48 +388,34 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     block_n = resolve_block_n(config, head_dim)
     num_sms, l2_bytes = _device_limits(device, config)
     kv_bytes_per_token = 2 * num_kv_heads * head_dim * kv_elem_bytes
-    seg = _segments(layout, group, config, kv_bytes_per_token, l2_bytes)
-    tokens = layout.node_tokens()[seg.node]
-    chunk_len = _chunk_lengths(tokens, seg.q_count * group, num_kv_heads, num_sms, block_n, config)
-    items, item_node, item_last = _work_items(layout, seg, chunk_len)
-    merge_indptr, merge_slots, partial_counts = _merge_lists(layout, items[2], items[3], items[4])
-    block_m = config.block_m
     spread = tail_spread(layout.parent, layout.kv_indptr, layout.query_node,
-                         layout.node_queries(), tail_slack)
-    kv_source = layout.kv_indices
-    if spread is not None:
-        items[0] += spread.shift[item_node]
-        kv_source = spread.apply(kv_source, device)
-    cost = items[1] * _cost_per_token(items[3] * group, block_m)
-    large = items[3] * group > SMALL_M
-    # Heaviest first: fewer stragglers (per launch: large items first when split). Among equal
-    # costs, chunk-major (the KV begin, then the queries): the row groups of one chunk then run
-    # side by side and share it in L2, where segment-major order put a node's chunks between.
-    keys = (items[2], items[0], -cost)
-    order = np.lexsort(keys + (~large,) if config.split_launches else keys)
-    items = items[:, order]
-    rows = items[3] * group
+                         layout.node_queries(), tail_slack) if tail_slack else None
+    shape = (group, block_n, num_sms, num_kv_heads, l2_bytes, kv_bytes_per_token)
+    plan_items = (_plan_items_native if config.native and native_core.library()
+                  else _plan_items_numpy)
+    (items, item_node, item_last, merge_indptr, merge_slots, partial_counts, most_partials,
+     most_rows, num_large) = plan_items(layout, shape, config, spread)
+    block_m = config.block_m
+    kv_source = layout.kv_indices if spread is None else spread.apply(layout.kv_indices, device)
 
     kv_indices, query_order, d_indptr, d_slots, d_items = _upload(
         layout, kv_source, merge_indptr, merge_slots, items, device)
-    tails = (spread.tails(item_node[order], item_last[order], items[1], device) if spread
-             else None)
+    tails = spread.tails(item_node, item_last, items[1], device) if spread else None
 
     num_partials = int(merge_slots.shape[0])
-    most_partials = int(partial_counts.max()) if partial_counts.size else 1
-    merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim, most_partials,
-                                     num_sms, config.merge_block_h)
+    merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim,
+                                     max(most_partials, 1), num_sms, config.merge_block_h)
     if config.fixed_chunk_tokens:  # the same tiles, so the same summation order, in any batch
         merge_shape = INVARIANT_MERGE_SHAPE
     partial_bytes = num_partials * num_qo_heads * (
         head_dim * (4 if config.fp32_partials else kv_elem_bytes) + 4)
-    stats = _lazy_stats(layout, items, rows, block_m, block_n, merge_shape, partial_counts,
-                        num_partials, partial_bytes)
+    stats = _lazy_stats(layout, items, item_node, group, block_m, block_n, merge_shape,
+                        partial_counts, num_partials, partial_bytes)
     # Without large items the large-tile branch is compiled out (fewer registers); batch-invariant
     # plans keep one kernel variant whatever the batch holds.
-    needs_large = config.fixed_chunk_tokens or (rows.size and rows.max() > SMALL_M)
+    needs_large = config.fixed_chunk_tokens or most_rows > SMALL_M
     return TreeAttentionPlan(num_qo_heads, num_kv_heads, head_dim, layout.num_queries,
                              num_partials, device, kv_indices, query_order, d_items,
                              block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n,
                              merge_shape, config, stats, tails=tails,
-                             num_large_items=int(large.sum()) if config.split_launches else -1)
+                             num_large_items=num_large if config.split_launches else -1)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import native as native_core
+
 
 def _as_int_array(name: str, value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
@@ -66,8 +68,10 @@ class TreeLayout:
         return self.query_end - self.query_begin
 
 
-def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | None = None):
-    """Check the contract arrays and return them as int64 numpy arrays.
+def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | None = None,
+                  native: bool = False):
+    """Check the contract arrays and return them as int64 numpy arrays (``native``: with the C
+    core when it is available, see ``kernels.native``).
 
     Raises
     ------
@@ -80,6 +84,11 @@ def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | No
     kv_indptr = _as_int_array("node_kv_indptr", kv_indptr)
     kv_indices = _as_int_array("node_kv_indices", kv_indices)
     query_node = _as_int_array("query_node", query_node)
+    if (native and kv_indptr.shape[0] == parent.shape[0] + 1 and native_core.library()
+            and native_core.validate(*map(np.ascontiguousarray,
+                                          (parent, kv_indptr, kv_indices, query_node)),
+                                     num_slots) == 0):
+        return parent, kv_indptr, kv_indices, query_node  # valid; else numpy names the fault
     num_nodes = parent.shape[0]
     if kv_indptr.shape[0] != num_nodes + 1:
         raise ValueError(
@@ -126,17 +135,22 @@ def _query_paths(parent: np.ndarray, query_node: np.ndarray) -> np.ndarray:
     return np.where(take >= 0, paths, -1)
 
 
-def build_layout(parent, kv_indptr, kv_indices, query_node) -> TreeLayout:
+def build_layout(parent, kv_indptr, kv_indices, query_node, native: bool = False) -> TreeLayout:
     """Group the queries by the nodes they share (KV-guided grouping); see the module docstring.
 
     Sorting queries lexicographically by their root-first path puts every subtree's queries in one
     run; a node's run is found from the count and the sum of the sorted positions it occupies.
+    ``native``: the C core's preorder walk, which gives the same order (``kernels.native``).
     """
     num_nodes, num_queries = parent.shape[0], query_node.shape[0]
     if num_queries == 0:
         empty = np.zeros(num_nodes, dtype=np.int64)
         return TreeLayout(parent, kv_indptr, kv_indices, query_node,
                           np.zeros(0, dtype=np.int64), empty, empty.copy())
+    if native and native_core.library():
+        parent, query_node = np.ascontiguousarray(parent), np.ascontiguousarray(query_node)
+        return TreeLayout(parent, kv_indptr, kv_indices, query_node,
+                          *native_core.layout(parent, query_node))
     paths = _query_paths(parent, query_node)
     query_order = np.lexsort(paths.T[::-1])                    # first column is the primary key
     sorted_paths = paths[query_order]

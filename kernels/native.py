@@ -1,0 +1,141 @@
+"""The planner's C core (``plan_native.c``), compiled on first use and loaded with ctypes.
+
+Planning a decode step is a few hundred small array operations; in numpy each costs a call's
+overhead (about 1 µs), which put a 256-query ToT step at 0.3-0.6 ms of host time.  The C core
+does the same work in four calls.  It is built with the system C compiler (``$CC``, else
+``cc``), which Triton needs on a GPU host anyway, into ``$DEFT_CACHE_DIR`` (default
+``~/.cache/deft_sglang``), once per source version.  Without a compiler, or with
+``PlannerConfig(native=False)``, the numpy path plans; both give the same plan bit for bit.
+
+Every function takes and returns int64 numpy arrays; see ``plan_native.c`` for the layouts.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("plan_native.c")
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_SIGNATURES = {
+    "deft_validate": (_I64, [_I64, _I64, _I64, _I64] + [_PTR] * 4),
+    "deft_layout": (_I64, [_I64, _I64, _PTR, _PTR, _PTR]),
+    "deft_plan": (_I64, [_I64, _I64] + [_PTR] * 8 + [_I64]),
+}
+_library = None  # the loaded library, False once loading failed
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DEFT_CACHE_DIR") or Path.home() / ".cache" / "deft_sglang")
+
+
+def _compile(target: Path) -> None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise RuntimeError("no C compiler (set CC, or install cc)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target, then rename: concurrent processes never load a partial file.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(built), str(SOURCE),
+                        "-lm"], check=True, capture_output=True, timeout=120)
+        os.replace(built, target)
+
+
+def library():
+    """The loaded C core, or None when it cannot be built here (logged once)."""
+    global _library
+    if _library is None:
+        digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+        target = _cache_dir() / f"plan_native-{digest}-{platform.machine()}.so"
+        try:
+            if not target.exists():
+                _compile(target)
+            lib = ctypes.CDLL(str(target))
+            for name, (restype, argtypes) in _SIGNATURES.items():
+                getattr(lib, name).restype = restype
+                getattr(lib, name).argtypes = argtypes
+            _library = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            detail = getattr(error, "stderr", b"") or b""
+            logger.warning("DeFT: the C planner core is unavailable (%s %s); planning with "
+                           "numpy", error, detail.decode(errors="replace")[:500])
+            _library = False
+    return _library or None
+
+
+def _ptr(array: np.ndarray) -> int:
+    try:  # three times faster than array.ctypes.data, which a plan asks for eight times
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError):  # read-only or empty
+        return array.ctypes.data
+
+
+def validate(parent, kv_indptr, kv_indices, query_node, num_slots) -> int:
+    """0 when the int64 arrays satisfy the kernel contract, else the first failed check."""
+    return library().deft_validate(
+        parent.shape[0], query_node.shape[0], kv_indices.shape[0],
+        -1 if num_slots is None else num_slots,
+        _ptr(parent), _ptr(kv_indptr), _ptr(kv_indices), _ptr(query_node))
+
+
+def layout(parent: np.ndarray, query_node: np.ndarray):
+    """(query_order [B], query_begin [N], query_end [N]): ``tree.build_layout``'s grouping."""
+    n, b = parent.shape[0], query_node.shape[0]
+    out = np.empty(b + 2 * n, dtype=np.int64)
+    if library().deft_layout(n, b, _ptr(parent), _ptr(query_node), _ptr(out)):
+        raise MemoryError("the C planner core could not allocate its scratch")
+    return out[:b], out[b:b + n], out[b + n:]
+
+
+class Knobs:
+    """The planner's knobs as the C core reads them (``plan_native.c``'s ``K_*``/``F_*``
+    order), kept with their addresses: built once per configuration and attention shape."""
+
+    def __init__(self, config, group, block_n, num_sms, num_kv_heads, l2_bytes,
+                 kv_bytes_per_token):
+        self.ints = np.array([group, block_n, config.block_m, num_sms, num_kv_heads, l2_bytes,
+                              kv_bytes_per_token, config.reread_min_queries,
+                              config.reread_group_rows, config.reread_needs_node_in_l2,
+                              config.fixed_chunk_tokens, config.split_launches], dtype=np.int64)
+        self.floats = np.array([config.waves, config.min_chunk_partial_ratio,
+                                config.max_floor_over_want], dtype=np.float64)
+        self.addresses = (_ptr(self.ints), _ptr(self.floats))
+        self.out_length = 0  # the last plan's output length: the next one's first guess
+
+
+PLAN_HEADER = 5  # plan_native.c's PLAN_HEADER
+
+
+def plan(knobs: Knobs, kv_indptr, query_begin, query_end, query_order, shift):
+    """``planner._plan_items_numpy``'s result: (items int64 [5, I] in the final order,
+    item_node [I], item_last [I] (0/1), merge_indptr [B+1], merge_slots [P],
+    partial_counts [B], most partials of a query, most rows of an item, items of more than
+    16 rows)."""
+    n, b = query_begin.shape[0], query_order.shape[0]
+    args = (n, b, *knobs.addresses, _ptr(kv_indptr), _ptr(query_begin), _ptr(query_end),
+            _ptr(query_order), None if shift is None else _ptr(shift))
+    length = max(knobs.out_length, PLAN_HEADER + 1 + 2 * b)
+    out = np.empty(length, dtype=np.int64)
+    status = library().deft_plan(*args, _ptr(out), length)
+    if status < -1:  # a bigger plan than the last: once more with the exact size
+        length = -status
+        out = np.empty(length, dtype=np.int64)
+        status = library().deft_plan(*args, _ptr(out), length)
+    if status:
+        raise MemoryError("the C planner core could not allocate its scratch")
+    knobs.out_length = length
+    m, p, most_partials, most_rows, num_large = out[:PLAN_HEADER].tolist()
+    o = PLAN_HEADER + 7 * m
+    return (out[PLAN_HEADER:o - 2 * m].reshape(5, m), out[o - 2 * m:o - m], out[o - m:o],
+            out[o:o + b + 1], out[o + b + 1:o + b + 1 + p],
+            out[o + b + 1 + p:o + 2 * b + 1 + p], most_partials, most_rows, num_large)
