@@ -5,7 +5,7 @@
 
 Per workload (the kernel benchmark's workloads and heads):
 
-* ``eager_us``: ``plan.run`` (two launches sized to the tree), timed with ``do_bench``;
+* ``eager_us``: ``plan.run`` (launches sized to the tree), timed with the harness's ``bench``;
 * ``static_us``: :class:`StaticTreeAttention` with the plan loaded (persistent phase 1 over a
   work list in device memory, merge over the whole captured batch);
 * ``graph_us``: 32 layers of ``static.run`` captured in one CUDA graph, replay time / 32

@@ -37,7 +37,8 @@ def parse_args(argv=None):
                    help="don't start a FlashInfer JIT compile with less budget left (s)")
     p.add_argument("--warm-only", action="store_true",
                    help="only JIT-compile the peers for every head config, then exit")
-    p.add_argument("--rep-ms", type=float, default=None, help="do_bench rep time per method")
+    p.add_argument("--rep-ms", type=float, default=None,
+                   help="timed milliseconds per method (harness.bench)")
     p.add_argument("--tol", type=float, default=2e-2, help="max abs error vs reference / FI")
     p.add_argument("--deft-config", nargs="*", default=[], metavar="KEY=VALUE",
                    help="PlannerConfig overrides, e.g. --deft-config max_chunk_tokens=512")

@@ -38,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--trees", nargs="*", type=int, help="draft tree sizes (default 32 64 128 256)")
     p.add_argument("--skip-sglang", action="store_true")
     p.add_argument("--skip-flashinfer", action="store_true")
-    p.add_argument("--rep-ms", type=float, default=None, help="do_bench rep time per method")
+    p.add_argument("--rep-ms", type=float, default=None,
+                   help="timed milliseconds per method (harness.bench)")
     p.add_argument("--time-budget", type=float, default=420.0,
                    help="seconds after start past which no new case starts (default 420)")
     p.add_argument("--tol", type=float, default=2e-2, help="max abs error vs the reference")

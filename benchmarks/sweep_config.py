@@ -6,7 +6,7 @@
 For every workload (the kernel benchmark's) and every ``PlannerConfig`` variant (comma-separated
 ``KEY=VALUE`` overrides; ``""`` is the default config):
 
-* ``us``: the median per-layer time of ``plan.run`` (the harness's ``do_bench``, L2 flushed);
+* ``us``: the median per-layer time of ``plan.run`` (the harness's ``bench``, L2 flushed);
 * ``phase1_us`` / ``merge_us``: GPU time of each kernel, from the CUDA profiler over repeated
   runs with the L2 flushed before each (what the total is made of);
 * the plan's shape: work items, partials, chunk tokens (median / max), row tiles;

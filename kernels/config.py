@@ -1,9 +1,15 @@
-"""The planner's tuning knobs (``PlannerConfig``) and the fixed small row tile."""
+"""The planner's tuning knobs (``PlannerConfig``), the fixed small row tile, and whether the
+Triton interpreter runs the kernels."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 SMALL_M = 16  # phase-1 row tile of items with few rows (plain decode, small groups)
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class PlannerConfig:
         kernel holds both row tiles, so the compiler sizes it for the 64-row one; a cap lets more
         programs share an SM at the risk of spills. Caps of 128 and 168 were 4-13% slower
         (geomean of 14 workloads, H200, ``benchmarks/sweep_config.py``), so none is set.
+    fused_merge : merge each query in the phase-1 program that writes its last partial (a
+        per-(query, KV head) counter of partials written), instead of in a second launch.
+        Plans fall back to the merge launch when some query has no partial, and for tree
+        verification's extra partial; the CUDA-graph form always launches the merge.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
     merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
@@ -94,6 +104,7 @@ class PlannerConfig:
     merge_warps: int = 2
     merge_blocked_max_rows: int = 1024
     native: bool = True
+    fused_merge: bool = True
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):

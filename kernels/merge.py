@@ -25,7 +25,61 @@ import torch
 import triton
 import triton.language as tl
 
-from .partial_attention import interpreter_active
+from .config import interpreter_active
+
+
+@triton.jit
+def fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr, begin, end, offs_h, mask_h,
+                  offs_d, mask_hd, stride_pp, stride_ph, stride_lp, m_run, weight_sum, acc,
+                  BLOCK_P: tl.constexpr, STAGES: tl.constexpr, CACHE: tl.constexpr):
+    """Fold partial slots ``merge_slots[begin:end]`` of heads ``offs_h`` into the running max
+    ``m_run``, weight sum and unnormalised output ``acc``; returns the last two.  ``STAGES`` > 0:
+    one partial per step, the loop's loads pipelined that deep; 0: ``BLOCK_P`` per step (3-D
+    tile).  ``CACHE``: the partials' load cache modifier (".cg", L2 only, for partials written
+    by other programs of the same launch, which this SM's L1 may hold stale lines of)."""
+    if STAGES > 0:
+        for index in tl.range(begin, end, num_stages=STAGES):
+            slot = tl.load(merge_slots_ptr + index).to(tl.int64)
+            lse = tl.load(partial_lse_ptr + slot * stride_lp + offs_h, mask=mask_h,
+                          other=-float("inf"), cache_modifier=CACHE)
+            part = tl.load(partial_out_ptr + slot * stride_pp + offs_h[:, None] * stride_ph
+                           + offs_d[None, :], mask=mask_hd, other=0.0,
+                           cache_modifier=CACHE).to(tl.float32)
+            m_new = tl.maximum(m_run, lse)
+            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+            scale_old = tl.exp2(m_run - m_safe)
+            w = tl.exp2(lse - m_safe)
+            weight_sum = weight_sum * scale_old + w
+            acc = acc * scale_old[:, None] + part * w[:, None]
+            m_run = m_new
+    else:
+        offs_p = tl.arange(0, BLOCK_P)
+        for start in range(begin, end, BLOCK_P):
+            mask_p = start + offs_p < end
+            slots = tl.load(merge_slots_ptr + start + offs_p, mask=mask_p, other=0).to(tl.int64)
+            lse = tl.load(partial_lse_ptr + slots[:, None] * stride_lp + offs_h[None, :],
+                          mask=mask_p[:, None] & mask_h[None, :], other=-float("inf"),
+                          cache_modifier=CACHE)
+            part = tl.load(partial_out_ptr + slots[:, None, None] * stride_pp
+                           + offs_h[None, :, None] * stride_ph + offs_d[None, None, :],
+                           mask=mask_p[:, None, None] & mask_hd[None, :, :],
+                           other=0.0, cache_modifier=CACHE).to(tl.float32)
+            m_new = tl.maximum(m_run, tl.max(lse, axis=0))
+            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+            scale_old = tl.exp2(m_run - m_safe)
+            w = tl.exp2(lse - m_safe[None, :])
+            weight_sum = weight_sum * scale_old + tl.sum(w, axis=0)
+            acc = acc * scale_old[:, None] + tl.sum(part * w[:, :, None], axis=0)
+            m_run = m_new
+    return weight_sum, acc
+
+
+@triton.jit
+def store_merged(out_ptr, query, offs_h, offs_d, mask_hd, stride_ob, stride_oh, weight_sum, acc):
+    """The merged result of ``query``'s heads ``offs_h`` (zeros where it had no partial)."""
+    result = tl.where(weight_sum[:, None] > 0, acc / weight_sum[:, None], 0.0)
+    tl.store(out_ptr + query.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh
+             + offs_d[None, :], result.to(out_ptr.dtype.element_ty), mask=mask_hd)
 
 
 @triton.jit
@@ -56,41 +110,10 @@ def _merge_partials_kernel(
         acc = tl.load(extra_out_ptr + query.to(tl.int64) * stride_eb
                       + offs_h[:, None] * stride_eh + offs_d[None, :],
                       mask=mask_hd, other=0.0).to(tl.float32) * weight_sum[:, None]
-    if STAGES > 0:
-        for index in tl.range(begin, end, num_stages=STAGES):
-            slot = tl.load(merge_slots_ptr + index).to(tl.int64)
-            lse = tl.load(partial_lse_ptr + slot * stride_lp + offs_h, mask=mask_h,
-                          other=-float("inf"))
-            part = tl.load(partial_out_ptr + slot * stride_pp + offs_h[:, None] * stride_ph
-                           + offs_d[None, :], mask=mask_hd, other=0.0).to(tl.float32)
-            m_new = tl.maximum(m_run, lse)
-            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-            scale_old = tl.exp2(m_run - m_safe)
-            w = tl.exp2(lse - m_safe)
-            weight_sum = weight_sum * scale_old + w
-            acc = acc * scale_old[:, None] + part * w[:, None]
-            m_run = m_new
-    else:
-        offs_p = tl.arange(0, BLOCK_P)
-        for start in range(begin, end, BLOCK_P):
-            mask_p = start + offs_p < end
-            slots = tl.load(merge_slots_ptr + start + offs_p, mask=mask_p, other=0).to(tl.int64)
-            lse = tl.load(partial_lse_ptr + slots[:, None] * stride_lp + offs_h[None, :],
-                          mask=mask_p[:, None] & mask_h[None, :], other=-float("inf"))
-            part = tl.load(partial_out_ptr + slots[:, None, None] * stride_pp
-                           + offs_h[None, :, None] * stride_ph + offs_d[None, None, :],
-                           mask=mask_p[:, None, None] & mask_hd[None, :, :],
-                           other=0.0).to(tl.float32)
-            m_new = tl.maximum(m_run, tl.max(lse, axis=0))
-            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-            scale_old = tl.exp2(m_run - m_safe)
-            w = tl.exp2(lse - m_safe[None, :])
-            weight_sum = weight_sum * scale_old + tl.sum(w, axis=0)
-            acc = acc * scale_old[:, None] + tl.sum(part * w[:, :, None], axis=0)
-            m_run = m_new
-    result = tl.where(weight_sum[:, None] > 0, acc / weight_sum[:, None], 0.0)
-    tl.store(out_ptr + query.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh
-             + offs_d[None, :], result.to(out_ptr.dtype.element_ty), mask=mask_hd)
+    weight_sum, acc = fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr, begin, end,
+                                    offs_h, mask_h, offs_d, mask_hd, stride_pp, stride_ph,
+                                    stride_lp, m_run, weight_sum, acc, BLOCK_P, STAGES, "")
+    store_merged(out_ptr, query, offs_h, offs_d, mask_hd, stride_ob, stride_oh, weight_sum, acc)
 
 
 def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_partials: int,

@@ -18,6 +18,7 @@ items, heaviest first), then phase 2 (``merge``) per query.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +39,15 @@ INVARIANT_MERGE_SHAPE = (4, 4)  # (heads, partials) per merge step in batch-inva
 def _device_limits(device: torch.device, config: PlannerConfig) -> tuple[int, int]:
     num_sms, l2_bytes = config.num_sms, config.l2_bytes
     if device.type == "cuda" and (num_sms == 0 or l2_bytes == 0):
-        props = torch.cuda.get_device_properties(device)
+        props = _cuda_properties(device.index)
         num_sms = num_sms or props.multi_processor_count
         l2_bytes = l2_bytes or getattr(props, "L2_cache_size", 0) or 50 << 20
     return num_sms or 132, l2_bytes or 50 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_properties(index):
+    return torch.cuda.get_device_properties(index)  # a few µs a call, once per plan otherwise
 
 
 def _expand_ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +162,7 @@ class TreeAttentionPlan:
     tails: TailSlack | None = None     # set when planned with tail slack (see kernels.tails)
     _workspace: dict = field(default_factory=dict)
     num_large_items: int = -1          # split_launches: items [0, n) have over 16 rows; else -1
+    fused_merge: bool = False          # phase 1 merges (every query has a partial to merge)
 
     def stats(self) -> dict:
         """IO and shape of the plan (per layer; token counts are per KV head).
@@ -232,17 +239,28 @@ class TreeAttentionPlan:
         cfg, split = self.config, self.num_large_items
         launches = ([(self.items, self.block_m)] if split < 0 else
                     [(self.items[:, :split], self.block_m), (self.items[:, split:], SMALL_M)])
+        fused = (self._merge_counters(), self.merge_indptr, self.merge_slots, out) \
+            if self.fused_merge and extra is None else None
         for items, block_m in launches:  # SMALL_M alone: the 16-row-tile kernel only
             launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
                                      items, partial_out, partial_lse, sm_scale, SMALL_M,
                                      cfg.small_block_n, block_m, self.block_n, cfg.num_warps,
                                      cfg.num_stages, max_registers=cfg.max_registers,
-                                     interleave_heads=cfg.interleave_heads)
-        launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
-                     *self.merge_shape, extra=extra,
-                     stages=cfg.merge_stages_for(q.shape[0] * q.shape[1]),
-                     num_warps=cfg.merge_warps)
+                                     interleave_heads=cfg.interleave_heads, fused_merge=fused)
+        if fused is None:
+            launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
+                         *self.merge_shape, extra=extra,
+                         stages=cfg.merge_stages_for(q.shape[0] * q.shape[1]),
+                         num_warps=cfg.merge_warps)
         return out
+
+    def _merge_counters(self) -> torch.Tensor:
+        # int32 [B, Hkv], zeroed once: the fused merge leaves every counter it used at zero.
+        if "merge_counters" not in self._workspace:
+            self._workspace["merge_counters"] = torch.zeros(
+                max(self.num_queries, 1), self.num_kv_heads, dtype=torch.int32,
+                device=self.device)
+        return self._workspace["merge_counters"]
 
 
 def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None:
@@ -334,7 +352,7 @@ def _plan_items_numpy(layout: TreeLayout, shape: tuple, config: PlannerConfig, s
     """Work items in their final order, with each item's node and last-chunk flag, and the merge
     lists: (items int64 [5, I], item_node [I], item_last bool [I], merge_indptr [B+1],
     merge_slots [P], partial_counts [B], most partials of a query, most rows of an item, items
-    of more than 16 rows).  ``shape``: see ``build_plan``."""
+    of more than 16 rows, fewest partials of a query).  ``shape``: see ``build_plan``."""
     group, block_n, num_sms, num_kv_heads, l2_bytes, kv_bytes_per_token = shape
     seg = _segments(layout, group, config, kv_bytes_per_token, l2_bytes)
     tokens = layout.node_tokens()[seg.node]
@@ -353,7 +371,7 @@ def _plan_items_numpy(layout: TreeLayout, shape: tuple, config: PlannerConfig, s
     rows = items[3] * group
     return (items[:, order], item_node[order], item_last[order], merge_indptr, merge_slots,
             partial_counts, int(partial_counts.max(initial=0)), int(rows.max(initial=0)),
-            int(large.sum()))
+            int(large.sum()), int(partial_counts.min()) if partial_counts.size else 0)
 
 
 def _plan_items_native(layout: TreeLayout, shape: tuple, config: PlannerConfig, spread):
@@ -394,7 +412,7 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     plan_items = (_plan_items_native if config.native and native_core.library()
                   else _plan_items_numpy)
     (items, item_node, item_last, merge_indptr, merge_slots, partial_counts, most_partials,
-     most_rows, num_large) = plan_items(layout, shape, config, spread)
+     most_rows, num_large, fewest_partials) = plan_items(layout, shape, config, spread)
     block_m = config.block_m
     kv_source = layout.kv_indices if spread is None else spread.apply(layout.kv_indices, device)
 
@@ -418,4 +436,5 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
                              num_partials, device, kv_indices, query_order, d_items,
                              block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n,
                              merge_shape, config, stats, tails=tails,
-                             num_large_items=num_large if config.split_launches else -1)
+                             num_large_items=num_large if config.split_launches else -1,
+                             fused_merge=config.fused_merge and fewest_partials > 0)

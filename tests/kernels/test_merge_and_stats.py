@@ -161,7 +161,8 @@ def test_small_batches_merge_with_the_blocked_loop(monkeypatch):
     for rows_bound, stages in ((40, 0), (39, 3)):  # 5 queries x 8 heads = 40 rows
         plan = plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32,
                                    device=DEVICE, config=PlannerConfig(
-                                       block_n=16, merge_blocked_max_rows=rows_bound))
+                                       block_n=16, merge_blocked_max_rows=rows_bound,
+                                       fused_merge=False))
         plan.run(q, k, v)
         assert seen[-1] == stages
 

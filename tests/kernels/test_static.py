@@ -186,16 +186,24 @@ def test_graph_form_results_are_bit_identical_run_to_run():
 
 
 def test_interleaved_head_order_changes_no_result():
-    interleaved = PlannerConfig(interleave_heads=True)
-    static = workspace(config=interleaved)
+    # Eager and graph form are each compared with themselves: their merges may tile the
+    # partials differently (the graph form's merge shape is fixed at construction), which
+    # changes the rounding, not the result.
+    head_major = PlannerConfig(interleave_heads=False)
+    static = {True: workspace(config=PlannerConfig(interleave_heads=True)),
+              False: workspace(config=head_major)}
     for seed, forest in enumerate(TREES):
         q, k, v = random_qkv(forest, len(forest.query_node), HQ, HKV, D, torch.float32,
                              seed=seed)
-        whole = plan_for(forest).run(q, k, v)
-        plan = plan_for(forest, interleaved)
+        whole = plan_for(forest, head_major).run(q, k, v)
+        plan = plan_for(forest)  # interleaved: the default
         assert torch.equal(plan.run(q, k, v), whole)  # each (item, head) computed alike
-        static.load(plan)
-        assert torch.equal(static.run(q, k, v, torch.empty_like(q)), whole)
+        graph_form = {}
+        for interleaved, workspace_ in static.items():
+            workspace_.load(plan_for(forest, workspace_.config))
+            graph_form[interleaved] = workspace_.run(q, k, v, torch.empty_like(q))
+        assert torch.equal(graph_form[True], graph_form[False])
+        torch.testing.assert_close(graph_form[True], whole, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("blocked_max_rows", [0, 1 << 20])  # sequential loop, blocked loop
