@@ -21,6 +21,8 @@ Shapes and strides::
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -122,6 +124,13 @@ def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_par
     (a launch per (query, head) is limited by block scheduling at large batches), and most
     queries merged in one step (a serial chain of loads is latency-bound).  ``block_h`` > 0
     fixes the heads per program instead."""
+    return _merge_launch_shape(num_queries, num_heads, head_dim, most_partials, num_sms, block_h,
+                               interpreter_active())
+
+
+@functools.lru_cache(maxsize=4096)  # a plan asks once; batches repeat their shapes
+def _merge_launch_shape(num_queries, num_heads, head_dim, most_partials, num_sms, block_h,
+                        interpreted):
     if block_h > 0:
         block_h = min(block_h, 1 << (num_heads - 1).bit_length())
     else:
@@ -129,7 +138,7 @@ def merge_launch_shape(num_queries: int, num_heads: int, head_dim: int, most_par
         while block_h < num_heads and \
                 num_queries * (-(-num_heads // (2 * block_h))) >= 4 * num_sms:
             block_h *= 2
-    if interpreter_active():  # the interpreter runs programs one by one: make few, wide ones
+    if interpreted:  # the interpreter runs programs one by one: make few, wide ones
         block_h = 1 << (num_heads - 1).bit_length()
     block_d = 1 << (head_dim - 1).bit_length()
     block_p = 1 << max(0, (max(most_partials, 1) - 1).bit_length())

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("plan_native.c")
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
-    "deft_validate": (_I64, [_I64, _I64, _I64, _I64] + [_PTR] * 4),
+    "deft_validate": (_I64, [_I64, _I64, _I64, _I64, _I64] + [_PTR] * 4),
     "deft_layout": (_I64, [_I64, _I64, _PTR, _PTR, _PTR]),
     "deft_plan": (_I64, [_I64, _I64] + [_PTR] * 8 + [_I64]),
 }
@@ -46,7 +46,7 @@ def _compile(target: Path) -> None:
     # Build beside the target, then rename: concurrent processes never load a partial file.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(built), str(SOURCE),
+        subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(built), str(SOURCE),
                         "-lm"], check=True, capture_output=True, timeout=120)
         os.replace(built, target)
 
@@ -81,10 +81,11 @@ def _ptr(array: np.ndarray) -> int:
 
 
 def validate(parent, kv_indptr, kv_indices, query_node, num_slots) -> int:
-    """0 when the int64 arrays satisfy the kernel contract, else the first failed check."""
+    """0 when the arrays (int64; ``kv_indices`` int32 or int64) satisfy the kernel contract,
+    else the first failed check."""
     return library().deft_validate(
         parent.shape[0], query_node.shape[0], kv_indices.shape[0],
-        -1 if num_slots is None else num_slots,
+        -1 if num_slots is None else num_slots, kv_indices.itemsize,
         _ptr(parent), _ptr(kv_indptr), _ptr(kv_indices), _ptr(query_node))
 
 

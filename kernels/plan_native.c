@@ -24,9 +24,10 @@ typedef int64_t i64;
 /* ---------------------------------------------------------------------------- validation */
 
 /* 0 when the forest satisfies the kernel contract, else the number of the first failed check
- * (the caller re-runs the numpy validation to name the offending value). */
-i64 deft_validate(i64 n, i64 b, i64 total, i64 num_slots, const i64 *parent, const i64 *indptr,
-                  const i64 *kv_indices, const i64 *query_node)
+ * (the caller re-runs the numpy validation to name the offending value).  kv_indices holds
+ * index_bytes-byte integers (4 or 8): the slot list is only checked, never widened. */
+i64 deft_validate(i64 n, i64 b, i64 total, i64 num_slots, i64 index_bytes, const i64 *parent,
+                  const i64 *indptr, const void *kv_indices, const i64 *query_node)
 {
     for (i64 i = 0; i < n; i++)
         if (parent[i] >= i || parent[i] < -1) return 1;
@@ -36,10 +37,25 @@ i64 deft_validate(i64 n, i64 b, i64 total, i64 num_slots, const i64 *parent, con
     if (indptr[n] != total) return 3;
     for (i64 q = 0; q < b; q++)
         if (query_node[q] < 0 || query_node[q] >= n) return 4;
-    if (num_slots >= 0)
-        for (i64 t = 0; t < total; t++)
-            if (kv_indices[t] < 0 || kv_indices[t] >= num_slots) return 5;
-    return 0;
+    if (num_slots < 0 || total == 0) return 0;
+    i64 low, high;  /* min and max without early exits: the loops vectorize */
+    if (index_bytes == 4) {
+        const int32_t *slots = kv_indices;
+        int32_t lo = slots[0], hi = slots[0];
+        for (i64 t = 0; t < total; t++) {
+            lo = slots[t] < lo ? slots[t] : lo;
+            hi = slots[t] > hi ? slots[t] : hi;
+        }
+        low = lo; high = hi;
+    } else {
+        const i64 *slots = kv_indices;
+        low = high = slots[0];
+        for (i64 t = 0; t < total; t++) {
+            low = slots[t] < low ? slots[t] : low;
+            high = slots[t] > high ? slots[t] : high;
+        }
+    }
+    return low < 0 || high >= num_slots ? 5 : 0;
 }
 
 /* ---------------------------------------------------------------------------- grouping */

@@ -21,7 +21,8 @@ import torch
 from . import native as native_core
 
 
-def _as_int_array(name: str, value) -> np.ndarray:
+def _as_int_array(name: str, value, keep_int32: bool = False) -> np.ndarray:
+    """``value`` as a 1-D int64 numpy array (``keep_int32``: int32 input stays int32)."""
     if isinstance(value, torch.Tensor):
         if value.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{name} must be an int32 tensor, got {value.dtype}")
@@ -29,8 +30,10 @@ def _as_int_array(name: str, value) -> np.ndarray:
             raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
         return value.detach().to("cpu", torch.int64).numpy()
     array = np.asarray(value)
-    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
         raise ValueError(f"{name} must be a 1-D integer array")
+    if keep_int32 and array.dtype == np.int32:
+        return np.ascontiguousarray(array)
     return array.astype(np.int64, copy=False)
 
 
@@ -71,7 +74,8 @@ class TreeLayout:
 def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | None = None,
                   native: bool = False):
     """Check the contract arrays and return them as int64 numpy arrays (``native``: with the C
-    core when it is available, see ``kernels.native``).
+    core when it is available, see ``kernels.native``; an int32 ``kv_indices`` then stays
+    int32, since it is only checked and uploaded).
 
     Raises
     ------
@@ -82,13 +86,14 @@ def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | No
     """
     parent = _as_int_array("node_parent", parent)
     kv_indptr = _as_int_array("node_kv_indptr", kv_indptr)
-    kv_indices = _as_int_array("node_kv_indices", kv_indices)
+    native = native and native_core.library() is not None
+    kv_indices = _as_int_array("node_kv_indices", kv_indices, keep_int32=native)
     query_node = _as_int_array("query_node", query_node)
-    if (native and kv_indptr.shape[0] == parent.shape[0] + 1 and native_core.library()
-            and native_core.validate(*map(np.ascontiguousarray,
-                                          (parent, kv_indptr, kv_indices, query_node)),
-                                     num_slots) == 0):
-        return parent, kv_indptr, kv_indices, query_node  # valid; else numpy names the fault
+    if native and kv_indptr.shape[0] == parent.shape[0] + 1:
+        parent, kv_indptr, query_node = map(np.ascontiguousarray, (parent, kv_indptr, query_node))
+        if native_core.validate(parent, kv_indptr, kv_indices, query_node, num_slots) == 0:
+            return parent, kv_indptr, kv_indices, query_node
+        kv_indices = kv_indices.astype(np.int64)  # invalid: numpy names the fault below
     num_nodes = parent.shape[0]
     if kv_indptr.shape[0] != num_nodes + 1:
         raise ValueError(
@@ -171,11 +176,49 @@ def host_to_device(array: np.ndarray, device) -> torch.Tensor:
 
     A copy from pageable memory makes CUDA wait for all work queued on the stream first (the
     previous decode step's forward, under SGLang's overlap scheduling); a pinned staging copy
-    does not."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if torch.device(device).type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
+    does not.  Uploads of up to 1 MB reuse a few pinned buffers (``_PinnedStaging``)."""
+    array = np.ascontiguousarray(array)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.from_numpy(array).to(device)
+    if array.nbytes <= _PinnedStaging.MAX_BYTES:
+        staging = _STAGING.get(device)
+        if staging is None:
+            staging = _STAGING[device] = _PinnedStaging()
+        return staging.upload(array, device)
+    return torch.from_numpy(array).pin_memory().to(device, non_blocking=True)
+
+
+class _PinnedStaging:
+    """A few pinned host buffers, each reused once the device has finished copying out of it
+    (a CUDA event per buffer): planning uploads one small blob per step, and on the H100 host
+    ``pin_memory()`` (the caching allocator, then a copy) cost 13 of a plan's ~100 µs."""
+
+    MAX_BYTES = 1 << 20
+    BUFFERS = 4
+
+    def __init__(self):
+        self.buffers = []  # [pinned uint8 tensor, its numpy view, event of its last copy]
+
+    def upload(self, array: np.ndarray, device: torch.device) -> torch.Tensor:
+        for entry in self.buffers:
+            if entry[2].query():  # the last copy out of this buffer is done
+                break
+        else:
+            if len(self.buffers) == self.BUFFERS:  # all busy: one more copy the default way
+                return torch.from_numpy(array).pin_memory().to(device, non_blocking=True)
+            pinned = torch.empty(self.MAX_BYTES, dtype=torch.uint8, pin_memory=True)
+            entry = [pinned, pinned.numpy(), torch.cuda.Event()]
+            self.buffers.append(entry)
+        pinned, view, event = entry
+        view[:array.nbytes] = array.view(np.uint8).reshape(-1)
+        staged = pinned[:array.nbytes].view(torch.from_numpy(array[:0]).dtype)
+        out = staged.to(device, non_blocking=True)
+        event.record(torch.cuda.current_stream(device))
+        return out.view(array.shape)
+
+
+_STAGING: dict = {}
 
 
 def ranges_on_device(starts: np.ndarray, lengths: np.ndarray, device,

@@ -80,3 +80,19 @@ def test_deterministic_run_to_run():
     first = plan.run(q, k, v).clone()
     for _ in range(5):
         assert torch.equal(plan.run(q, k, v), first)
+
+
+def test_uploads_reuse_pinned_buffers_only_after_their_copies():
+    """Many uploads queued behind a long kernel: none may see a later upload's bytes."""
+    import numpy as np
+
+    from deft_sglang.kernels.tree import host_to_device
+
+    torch.cuda._sleep(50_000_000)  # keep the stream busy while the host stages uploads
+    arrays = [np.full(3000 + i, i, dtype=np.int32) for i in range(12)]
+    uploaded = [host_to_device(a, "cuda") for a in arrays]
+    torch.cuda.synchronize()
+    for array, tensor in zip(arrays, uploaded):
+        assert torch.equal(tensor.cpu(), torch.from_numpy(array))
+    big = np.arange(400_000, dtype=np.int64)  # over the staging size: pinned the default way
+    assert torch.equal(host_to_device(big, "cuda").cpu(), torch.from_numpy(big))

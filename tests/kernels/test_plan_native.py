@@ -125,9 +125,21 @@ def test_native_validation_rejects_what_numpy_rejects(fault):
         arrays[2][0] = forest.num_slots
     with pytest.raises(ValueError) as numpy_error:
         validate_tree(*arrays, num_slots=forest.num_slots)
-    with pytest.raises(ValueError) as native_error:
-        validate_tree(*arrays, num_slots=forest.num_slots, native=True)
-    assert str(native_error.value) == str(numpy_error.value)
+    for slots in (arrays[2], np.array(arrays[2], dtype=np.int32)):  # int32 is checked as is
+        with pytest.raises(ValueError) as native_error:
+            validate_tree(arrays[0], arrays[1], slots, arrays[3], num_slots=forest.num_slots,
+                          native=True)
+        assert str(native_error.value) == str(numpy_error.value)
+
+
+@needs_native
+def test_int32_slots_plan_like_int64_slots():
+    forest = star(300, 7, 20)
+    int32 = dict(forest.__dict__, indices=np.array(forest.indices, dtype=np.int32))
+    as_lists = _plan(forest, (8, 2), True)
+    as_int32 = _plan(type(forest)(**int32), (8, 2), True)
+    for name in PLAN_TENSORS:
+        assert torch.equal(getattr(as_int32, name), getattr(as_lists, name)), name
 
 
 def test_without_a_compiler_planning_falls_back_to_numpy(monkeypatch, tmp_path, caplog):
