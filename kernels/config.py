@@ -54,7 +54,10 @@ class PlannerConfig:
     fused_merge : merge each query in the phase-1 program that writes its last partial (a
         per-(query, KV head) counter of partials written), instead of in a second launch.
         Plans fall back to the merge launch when some query has no partial, and for tree
-        verification's extra partial; the CUDA-graph form always launches the merge.
+        verification's extra partial; the CUDA-graph form always launches the merge. Off:
+        on the H100 it made phase 1 2-8x slower (ToT snapshots 19 -> 82 us, long 32k x 16
+        82 -> 683; session 7, ``results/session7-h100/hold3``), far more than the merge launch
+        it saves (3-5 us), so the extra code in phase 1 costs the whole kernel.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
     merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
@@ -104,7 +107,7 @@ class PlannerConfig:
     merge_warps: int = 2
     merge_blocked_max_rows: int = 1024
     native: bool = True
-    fused_merge: bool = True
+    fused_merge: bool = False
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
