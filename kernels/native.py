@@ -118,7 +118,7 @@ PLAN_HEADER = 6  # plan_native.c's PLAN_HEADER
 
 
 def plan(knobs: Knobs, kv_indptr, query_begin, query_end, query_order, shift):
-    """``planner._plan_items_numpy``'s result: (items int64 [5, I] in the final order,
+    """``work_list.plan_items``'s result: (items int64 [5, I] in the final order,
     item_node [I], item_last [I] (0/1), merge_indptr [B+1], merge_slots [P],
     partial_counts [B], most partials of a query, most rows of an item, items of more than
     16 rows, fewest partials of a query)."""

@@ -1,4 +1,4 @@
-/* The host planner's array work in C: the same plan as kernels/planner.py's numpy path, bit for
+/* The host planner's array work in C: the same plan as kernels/work_list.py's numpy path, bit for
  * bit (tests/kernels/test_plan_native.py compares them on random forests), in a few calls
  * instead of a few hundred numpy calls.  planner.py explains the why of every step; this file
  * only mirrors it.  Loaded through ctypes by kernels/native.py (no Python headers needed).
@@ -115,7 +115,7 @@ static double cost_per_token(i64 rows, i64 block_m)
     return 1.0 + (double)padded / 64.0;
 }
 
-/* planner._chunk_lengths for segments [0, s): seg_q_count gives the rows, seg_tokens the
+/* work_list._chunk_lengths for segments [0, s): seg_q_count gives the rows, seg_tokens the
  * tokens; writes seg_len. */
 static void chunk_lengths(i64 s, const i64 *k, const double *f, const i64 *seg_tokens,
                           const i64 *seg_q_count, i64 *seg_len, double *want, double *length)
@@ -161,7 +161,7 @@ static void chunk_lengths(i64 s, const i64 *k, const double *f, const i64 *seg_t
     }
 }
 
-/* planner._segments then _chunk_lengths.  Returns the number of segments (or minus the number
+/* work_list._segments then _chunk_lengths.  Returns the number of segments (or minus the number
  * needed when seg_cap is smaller); counts[0] = work items, counts[1] = partial slots.
  * scratch: 3 seg_cap doubles. */
 static i64 segments(i64 n, const i64 *k, const double *f, const i64 *indptr,
@@ -233,7 +233,7 @@ static item_key *sort_items(item_key *keys, item_key *tmp, i64 m)
     return keys;
 }
 
-/* planner._work_items, _merge_lists and build_plan's item order.  shift: per-node move of the
+/* work_list._work_items, _merge_lists and _plan_items_numpy's item order.  shift: per-node move of the
  * first index (tail slack) or NULL.  Writes items (5 x num_items, sorted), item_node and
  * item_last (sorted), merge_indptr [B+1], merge_slots [P], partial_counts [B].
  * scratch: 7 * num_items int64 + 2 * num_items item_key. */
