@@ -51,13 +51,15 @@ class PlannerConfig:
         kernel holds both row tiles, so the compiler sizes it for the 64-row one; a cap lets more
         programs share an SM at the risk of spills. Caps of 128 and 168 were 4-13% slower
         (geomean of 14 workloads, H200, ``benchmarks/sweep_config.py``), so none is set.
-    fused_merge : merge each query in the phase-1 program that writes its last partial (a
-        per-(query, KV head) counter of partials written), instead of in a second launch.
-        Plans fall back to the merge launch when some query has no partial, and for tree
-        verification's extra partial; the CUDA-graph form always launches the merge. Off:
-        on the H100 it made phase 1 2-8x slower (ToT snapshots 19 -> 82 us, long 32k x 16
-        82 -> 683; session 7, ``results/session7-h100/hold3``), far more than the merge launch
-        it saves (3-5 us), so the extra code in phase 1 costs the whole kernel.
+    merge_pdl : launch the merge as a programmatic dependent of phase 1 (Hopper or later; a
+        plain launch elsewhere): phase-1 programs signal when their partials are written, the
+        merge's programs are scheduled once all have, and wait on the GPU for phase 1 to end,
+        which hides most of the launch gap. 0.95x the plain launch's time (geomean of the 47
+        workloads timed steadily, none slower: 0.86-0.99x), H100, session 8
+        (``results/session8-h100/hold2-pdl-trigger``). Merge tasks inside phase 1's launch,
+        waiting on per-block counters, were 1.21x slower (``hold1-merge-forms``): folding one
+        partial at a time in heavy programs cost more than the launch they saved. Session
+        7's variant, where the program writing a query's last partial merged it: 2-8x.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
     merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
@@ -107,7 +109,7 @@ class PlannerConfig:
     merge_warps: int = 2
     merge_blocked_max_rows: int = 1024
     native: bool = True
-    fused_merge: bool = False
+    merge_pdl: bool = True
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):

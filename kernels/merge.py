@@ -29,6 +29,22 @@ import triton.language as tl
 
 from .config import interpreter_active
 
+try:  # programmatic dependent launch (Hopper and later; Triton >= 3.3)
+    from triton.language.extra.cuda import gdc_wait
+except ImportError:  # pragma: no cover - older Triton: PDL is never requested
+    gdc_wait = None
+
+
+@triton.jit
+def fold_one(m_run, weight_sum, acc, lse, part):
+    """Fold one partial per row (``lse`` [R] log2, ``part`` [R, D] fp32; an absent partial has
+    lse -inf and leaves the row unchanged) into the running max, weight sum and output."""
+    m_new = tl.maximum(m_run, lse)
+    m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+    scale_old = tl.exp2(m_run - m_safe)
+    w = tl.exp2(lse - m_safe)
+    return m_new, weight_sum * scale_old + w, acc * scale_old[:, None] + part * w[:, None]
+
 
 @triton.jit
 def fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr, begin, end, offs_h, mask_h,
@@ -47,13 +63,7 @@ def fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr, begin, end,
             part = tl.load(partial_out_ptr + slot * stride_pp + offs_h[:, None] * stride_ph
                            + offs_d[None, :], mask=mask_hd, other=0.0,
                            cache_modifier=CACHE).to(tl.float32)
-            m_new = tl.maximum(m_run, lse)
-            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-            scale_old = tl.exp2(m_run - m_safe)
-            w = tl.exp2(lse - m_safe)
-            weight_sum = weight_sum * scale_old + w
-            acc = acc * scale_old[:, None] + part * w[:, None]
-            m_run = m_new
+            m_run, weight_sum, acc = fold_one(m_run, weight_sum, acc, lse, part)
     else:
         offs_p = tl.arange(0, BLOCK_P)
         for start in range(begin, end, BLOCK_P):
@@ -91,15 +101,19 @@ def _merge_partials_kernel(
     stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, stride_eb, stride_eh, stride_le,
     num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
-    STAGES: tl.constexpr, EXTRA: tl.constexpr,
+    STAGES: tl.constexpr, EXTRA: tl.constexpr, WAIT_PRIOR: tl.constexpr,
 ):
     """``STAGES`` > 0: one partial per loop step (a [BLOCK_H, BLOCK_D] tile, few registers), the
-    loop's loads pipelined that deep; 0: ``BLOCK_P`` partials per step (a 3-D tile)."""
+    loop's loads pipelined that deep; 0: ``BLOCK_P`` partials per step (a 3-D tile).
+    ``WAIT_PRIOR``: launched as a programmatic dependent of phase 1, which may still be running:
+    wait for it to finish (and its writes to show) before reading anything it writes."""
     query = tl.program_id(0)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_h = offs_h < num_heads
     begin = tl.load(merge_indptr_ptr + query)
     end = tl.load(merge_indptr_ptr + query + 1)
+    if WAIT_PRIOR:
+        gdc_wait()
     offs_d = tl.arange(0, BLOCK_D)
     mask_hd = mask_h[:, None] & (offs_d < HEAD_DIM)[None, :]
     m_run = tl.full([BLOCK_H], -float("inf"), tl.float32)
@@ -148,11 +162,15 @@ def _merge_launch_shape(num_queries, num_heads, head_dim, most_partials, num_sms
 
 
 def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_h: int = 1,
-                 block_p: int = 8, extra=None, stages: int = 0, num_warps: int = 4):
+                 block_p: int = 8, extra=None, stages: int = 0, num_warps: int = 4,
+                 pdl: bool = False):
     """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync.
     ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`);
     ``stages`` > 0: one partial per step instead, the loop pipelined that deep.
-    ``extra``: optional ``(extra_out, extra_lse)``, one more partial per query (row b)."""
+    ``extra``: optional ``(extra_out, extra_lse)``, one more partial per query (row b).
+    ``pdl``: launch as a programmatic dependent of the previous kernel (phase 1, which lets it
+    start early with ``pdl_trigger``): its programs are resident and waiting when phase 1
+    ends, which hides the launch gap.  Only on Hopper or later, never in the interpreter."""
     num_queries, num_qo_heads, head_dim = out.shape
     if num_queries == 0:
         return
@@ -164,7 +182,7 @@ def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block
         extra_lse.stride(0), num_qo_heads,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_H=block_h,
         BLOCK_P=1 if stages > 0 else block_p, STAGES=stages, EXTRA=extra is not None,
-        num_warps=num_warps,
+        WAIT_PRIOR=pdl, num_warps=num_warps, **(dict(launch_pdl=True) if pdl else {}),
     )
 
 

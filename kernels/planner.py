@@ -29,7 +29,7 @@ import torch
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
 from .tails import TailSlack, tail_spread
-from .config import SMALL_M, PlannerConfig
+from .config import SMALL_M, PlannerConfig, interpreter_active
 from .tree import TreeLayout, host_to_device
 from .work_list import plan_items
 
@@ -48,6 +48,14 @@ def _device_limits(device: torch.device, config: PlannerConfig) -> tuple[int, in
 @functools.lru_cache(maxsize=None)
 def _cuda_properties(index):
     return torch.cuda.get_device_properties(index)  # a few µs a call, once per plan otherwise
+
+
+def _supports_pdl(device: torch.device) -> bool:
+    """Programmatic dependent launch: Hopper or later, compiled (not interpreted) kernels."""
+    from .merge import gdc_wait
+    return (device.type == "cuda" and gdc_wait is not None and not interpreter_active()
+            and _cuda_properties(device.index if device.index is not None
+                                 else torch.cuda.current_device()).major >= 9)
 
 
 @dataclass
@@ -76,7 +84,7 @@ class TreeAttentionPlan:
     tails: TailSlack | None = None     # set when planned with tail slack (see kernels.tails)
     _workspace: dict = field(default_factory=dict)
     num_large_items: int = -1          # split_launches: items [0, n) have over 16 rows; else -1
-    fused_merge: bool = False          # phase 1 merges (every query has a partial to merge)
+    merge_pdl: bool = False            # the merge launch is a programmatic dependent of phase 1
 
     def stats(self) -> dict:
         """IO and shape of the plan (per layer; token counts are per KV head).
@@ -153,28 +161,18 @@ class TreeAttentionPlan:
         cfg, split = self.config, self.num_large_items
         launches = ([(self.items, self.block_m)] if split < 0 else
                     [(self.items[:, :split], self.block_m), (self.items[:, split:], SMALL_M)])
-        fused = (self._merge_counters(), self.merge_indptr, self.merge_slots, out) \
-            if self.fused_merge and extra is None else None
+        pdl = self.merge_pdl
         for items, block_m in launches:  # SMALL_M alone: the 16-row-tile kernel only
             launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
                                      items, partial_out, partial_lse, sm_scale, SMALL_M,
                                      cfg.small_block_n, block_m, self.block_n, cfg.num_warps,
                                      cfg.num_stages, max_registers=cfg.max_registers,
-                                     interleave_heads=cfg.interleave_heads, fused_merge=fused)
-        if fused is None:
-            launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
-                         *self.merge_shape, extra=extra,
-                         stages=cfg.merge_stages_for(q.shape[0] * q.shape[1]),
-                         num_warps=cfg.merge_warps)
+                                     interleave_heads=cfg.interleave_heads, pdl_trigger=pdl)
+        launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
+                     *self.merge_shape, extra=extra,
+                     stages=cfg.merge_stages_for(q.shape[0] * q.shape[1]),
+                     num_warps=cfg.merge_warps, pdl=pdl)
         return out
-
-    def _merge_counters(self) -> torch.Tensor:
-        # int32 [B, Hkv], zeroed once: the fused merge leaves every counter it used at zero.
-        if "merge_counters" not in self._workspace:
-            self._workspace["merge_counters"] = torch.zeros(
-                max(self.num_queries, 1), self.num_kv_heads, dtype=torch.int32,
-                device=self.device)
-        return self._workspace["merge_counters"]
 
 
 def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None:
@@ -294,4 +292,4 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
                              block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n,
                              merge_shape, config, stats, tails=tails,
                              num_large_items=num_large if config.split_launches else -1,
-                             fused_merge=config.fused_merge and fewest_partials > 0)
+                             merge_pdl=config.merge_pdl and _supports_pdl(device))

@@ -34,7 +34,7 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
-from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, resolve_block_n
+from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, _supports_pdl, resolve_block_n
 from .tails import DeviceTails
 
 
@@ -80,6 +80,7 @@ class StaticTreeAttention:
         self.tiles = (config.block_m, self.block_n, config.small_block_n, config.num_warps,
                       config.num_stages, config.max_registers)
         self.num_programs = num_programs
+        self.merge_pdl = config.merge_pdl and _supports_pdl(self.device)
         int32 = dict(dtype=torch.int32, device=self.device)
         self.items = torch.zeros(5, max_items, **int32)
         # [launch, (first, end)]: launch 0 has both row tiles, launch 1 the 16-row tile only
@@ -169,9 +170,10 @@ class StaticTreeAttention:
                                      num_programs=self.num_programs,
                                      work_counters=self.work_counters[launch],
                                      max_registers=max_registers,
-                                     interleave_heads=self.config.interleave_heads)
+                                     interleave_heads=self.config.interleave_heads,
+                                     pdl_trigger=self.merge_pdl)
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
                      out, *self.merge_shape, extra=extra,
                      stages=self.config.merge_stages_for(q.shape[0] * q.shape[1]),
-                     num_warps=self.config.merge_warps)
+                     num_warps=self.config.merge_warps, pdl=self.merge_pdl)
         return out

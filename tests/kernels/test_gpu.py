@@ -82,6 +82,32 @@ def test_deterministic_run_to_run():
         assert torch.equal(plan.run(q, k, v), first)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_merge_as_a_dependent_launch_gives_the_same_bits(seed):
+    """The merge launched as a programmatic dependent of phase 1 (it may be scheduled before
+    phase 1 ends and must wait for it) gives the plain launch's result, bit for bit, also when
+    both are queued behind a long kernel."""
+    from deft_sglang.kernels import PlannerConfig
+
+    rng = random.Random(2000 + seed)
+    forest = random_forest(rng, max_nodes=60, max_tokens=900, max_queries=120)
+    hkv = rng.choice([1, 2, 8])
+    hq = hkv * rng.choice([1, 4, 8])
+    q, k, v = random_qkv(forest, len(forest.query_node), hq, hkv, 128, torch.bfloat16, "cuda")
+    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    plain, dependent = (plan_tree_attention(*args, num_qo_heads=hq, num_kv_heads=hkv,
+                                            head_dim=128, device="cuda",
+                                            config=PlannerConfig(merge_pdl=pdl))
+                        for pdl in (False, True))
+    assert dependent.merge_pdl == (torch.cuda.get_device_capability()[0] >= 9)
+    want = plain.run(q, k, v)
+    for _ in range(3):
+        torch.cuda._sleep(2_000_000)
+        assert torch.equal(dependent.run(q, k, v), want)
+    ref = tree_attention_reference(q, k, v, *args).double()
+    assert (want.double() - ref).abs().max().item() <= 2e-2
+
+
 def test_uploads_queued_behind_a_long_kernel_keep_their_bytes():
     """Many plan uploads queued while the GPU is busy: each arrives as it was staged."""
     import numpy as np

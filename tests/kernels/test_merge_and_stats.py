@@ -1,4 +1,5 @@
 """LSE merge == attention over concatenated KV; plan IO statistics; exact-once loading."""
+import os
 import random
 
 import numpy as np
@@ -161,8 +162,7 @@ def test_small_batches_merge_with_the_blocked_loop(monkeypatch):
     for rows_bound, stages in ((40, 0), (39, 3)):  # 5 queries x 8 heads = 40 rows
         plan = plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32,
                                    device=DEVICE, config=PlannerConfig(
-                                       block_n=16, merge_blocked_max_rows=rows_bound,
-                                       fused_merge=False))
+                                       block_n=16, merge_blocked_max_rows=rows_bound))
         plan.run(q, k, v)
         assert seen[-1] == stages
 
@@ -191,3 +191,14 @@ def test_sequential_merge_equals_blocked_merge(with_extra):
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], atol=1e-5, rtol=1e-5)
     assert torch.all(outs[0][2] == 0) != with_extra
+
+
+def test_merge_pdl_needs_a_hopper_gpu_and_compiled_kernels():
+    from deft_sglang.kernels import PlannerConfig
+    forest = star(prefix=90, branches=5, tail=7)
+    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    hopper = DEVICE != "cpu" and torch.cuda.get_device_capability()[0] >= 9
+    for asked in (False, True):
+        plan = plan_tree_attention(*args, num_qo_heads=8, num_kv_heads=2, head_dim=32,
+                                   device=DEVICE, config=PlannerConfig(merge_pdl=asked))
+        assert plan.merge_pdl == (asked and hopper and os.environ.get("TRITON_INTERPRET") != "1")
