@@ -3,11 +3,13 @@
 Nothing here touches CUDA at import time.  On a CUDA device the timing helper follows
 ``triton.testing.do_bench`` (median of CUDA-event times, L2 flushed by a 256 MB write before
 every repetition, so each timed call starts cold, as one layer of a real model would) and adds
-a head start: the GPU sleeps ~100 µs after each flush, so that the host has queued all of the
+a head start: the GPU sleeps ~500 µs after each flush, so that the host has queued all of the
 call's launches before the GPU reaches the start event.  Without it a method whose launches
-take the host longer than the flush takes the GPU (two Triton launches, ~60-80 µs on the H100
-host) is timed partly on host time in some repetitions: session 7's table showed such outliers
-of +30-40 µs on small workloads (e.g. spec-medusa t32 at 62.9 µs next to 20.4 for t32 stars).
+take the host longer than the flush takes the GPU (two Triton launches, 60-180 µs on the H100
+hosts) is timed partly on host time in some repetitions: session 7's table showed such outliers
+of +30-40 µs on small workloads (e.g. spec-medusa t32 at 62.9 µs next to 20.4 for t32 stars),
+and with session 7's ~100 µs head start session 8's A/B runs still had 2-4x medians on about
+one workload in twenty (p20 20 µs, p80 100-270 µs), on hosts where a call took 130-180 µs.
 On CPU (``--cpu-smoke``, ``TRITON_INTERPRET=1``) it falls back to wall-clock medians.
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ def sync(device) -> None:
 
 # ----------------------------------------------------------------------------------- timing
 FLUSH_BYTES = 256 << 20     # L2 flush before each repetition (H100 L2: 50 MB)
-HEAD_START_CYCLES = 200_000  # GPU sleep after the flush: ~100 µs at 1.98 GHz
+HEAD_START_CYCLES = 1_000_000  # GPU sleep after the flush: ~500 µs at 1.98 GHz
 
 
 def _cuda_quantiles(fn, warmup_ms: float, rep_ms: float, quantiles) -> list:
@@ -73,7 +75,11 @@ def _cuda_quantiles(fn, warmup_ms: float, rep_ms: float, quantiles) -> list:
     estimate_ms = max(begin.elapsed_time(finish) / 5, 1e-3)
     for _ in range(max(1, int(warmup_ms / estimate_ms))):
         fn()
-    reps = max(1, int(rep_ms / estimate_ms))
+    begin.record()
+    torch.cuda._sleep(HEAD_START_CYCLES)
+    finish.record()
+    torch.cuda.synchronize()
+    reps = max(1, int(rep_ms / (estimate_ms + begin.elapsed_time(finish))))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for start, end in zip(starts, ends):
