@@ -52,10 +52,16 @@ def _cuda_properties(index):
 
 def _supports_pdl(device: torch.device) -> bool:
     """Programmatic dependent launch: Hopper or later, compiled (not interpreted) kernels."""
+    if device.type != "cuda" or interpreter_active():
+        return False
+    return _hopper_or_later(device.index if device.index is not None
+                            else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper_or_later(index) -> bool:
     from .merge import gdc_wait
-    return (device.type == "cuda" and gdc_wait is not None and not interpreter_active()
-            and _cuda_properties(device.index if device.index is not None
-                                 else torch.cuda.current_device()).major >= 9)
+    return gdc_wait is not None and _cuda_properties(index).major >= 9
 
 
 @dataclass
