@@ -51,12 +51,13 @@ class PlannerConfig:
         kernel holds both row tiles, so the compiler sizes it for the 64-row one; a cap lets more
         programs share an SM at the risk of spills. Caps of 128 and 168 were 4-13% slower
         (geomean of 14 workloads, H200, ``benchmarks/sweep_config.py``), so none is set.
-    merge_pdl : launch the merge as a programmatic dependent of phase 1 (Hopper or later; a
-        plain launch elsewhere): phase-1 programs signal when their partials are written, the
-        merge's programs are scheduled once all have, and wait on the GPU for phase 1 to end,
-        which hides most of the launch gap. 0.95x the plain launch's time (geomean of the 47
-        workloads timed steadily, none slower: 0.86-0.99x), H100, session 8
-        (``results/session8-h100/hold2-pdl-trigger``). Merge tasks inside phase 1's launch,
+    merge_pdl : launch the merge of eager plans (``TreeAttentionPlan.run``; the CUDA-graph form
+        never does, see ``kernels.static``) as a programmatic dependent of phase 1 (Hopper or
+        later; a plain launch elsewhere): phase-1 programs signal when their partials are
+        written, the merge's programs are scheduled once all have, and they wait on the GPU
+        for phase 1 to end, which hides most of the launch gap. 0.95x the plain launch's time
+        (geomean of the 47 workloads timed steadily, none slower: 0.86-0.99x), H100, session
+        8 (``results/session8-h100/hold2-pdl-trigger``). Merge tasks inside phase 1's launch,
         waiting on per-block counters, were 1.21x slower (``hold1-merge-forms``): folding one
         partial at a time in heavy programs cost more than the launch they saved. Session
         7's variant, where the program writing a query's last partial merged it: 2-8x.

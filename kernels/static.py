@@ -7,7 +7,10 @@ persistent kernel whose work-list bounds are read from device memory; its progra
 list through per-KV-head atomic counters, heaviest item first, so load balance matches the
 one-program-per-item grid of the eager path.  ``run`` zeroes the counters before each phase-1
 launch (a memset, captured in the graph with the launch).  The merge runs one program per batch
-row, and rows past the plan's queries own no partial and come out as zeros.
+row, and rows past the plan's queries own no partial and come out as zeros.  It is a plain
+launch whatever ``PlannerConfig.merge_pdl`` says: a graph already leaves little gap between
+kernels, and as a programmatic dependent inside the graph the merge took 1.009x the time per
+layer (geomean of 14 shapes, none faster; H100, ``results/session8-h100/hold4``).
 
 Phase 1 is two persistent launches over two ranges of the work list. A plan built with
 ``PlannerConfig(split_launches=True)`` lists its items of over 16 rows first: they go to the
@@ -34,7 +37,7 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import launch_partial_attention
-from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, _supports_pdl, resolve_block_n
+from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, resolve_block_n
 from .tails import DeviceTails
 
 
@@ -80,7 +83,6 @@ class StaticTreeAttention:
         self.tiles = (config.block_m, self.block_n, config.small_block_n, config.num_warps,
                       config.num_stages, config.max_registers)
         self.num_programs = num_programs
-        self.merge_pdl = config.merge_pdl and _supports_pdl(self.device)
         int32 = dict(dtype=torch.int32, device=self.device)
         self.items = torch.zeros(5, max_items, **int32)
         # [launch, (first, end)]: launch 0 has both row tiles, launch 1 the 16-row tile only
@@ -170,10 +172,9 @@ class StaticTreeAttention:
                                      num_programs=self.num_programs,
                                      work_counters=self.work_counters[launch],
                                      max_registers=max_registers,
-                                     interleave_heads=self.config.interleave_heads,
-                                     pdl_trigger=self.merge_pdl)
+                                     interleave_heads=self.config.interleave_heads)
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
                      out, *self.merge_shape, extra=extra,
                      stages=self.config.merge_stages_for(q.shape[0] * q.shape[1]),
-                     num_warps=self.config.merge_warps, pdl=self.merge_pdl)
+                     num_warps=self.config.merge_warps)
         return out

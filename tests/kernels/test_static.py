@@ -143,14 +143,12 @@ def test_bad_capacity():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pdl", [False, True])  # the merge as a programmatic dependent launch
-def test_cuda_graph_capture_replan_replay(pdl):
-    config = PlannerConfig(merge_pdl=pdl)
+def test_cuda_graph_capture_replan_replay():
+    config = PlannerConfig()
     static = StaticTreeAttention(max_queries=64, max_items=4096, max_kv_tokens=1 << 16,
                                  max_partials=1 << 14, num_qo_heads=32, num_kv_heads=8,
                                  head_dim=128, dtype=torch.bfloat16, device="cuda",
                                  config=config)
-    assert static.merge_pdl == (pdl and torch.cuda.get_device_capability()[0] >= 9)
     first, second = star(prefix=3000, branches=40, tail=90), \
         make_forest([900, 300, 300, 20, 20, 20], [-1, 0, 0, 1, 1, 2], [3, 4, 5, 2])
     num_slots = max(first.num_slots, second.num_slots)
