@@ -1,0 +1,67 @@
+"""Compile the DeFT kernels for an H100 (sm_90) without a GPU and print, as JSON, what the
+checks in ``test_compiled_kernels.py`` look at.  Run in a child process without
+``TRITON_INTERPRET`` (under the interpreter ``@triton.jit`` gives functions that cannot be
+compiled).  Arguments get the 16-byte divisibility that Triton's launcher specializes real
+strides and pointers to."""
+import json
+import re
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from deft_sglang.kernels.merge import _merge_partials_kernel
+from deft_sglang.kernels.partial_attention import _partial_attention_kernel
+
+H100 = GPUTarget("cuda", 90, 32)
+PATTERNS = {"ttgir": ["ttg.async_copy_global_to_local"],
+            "ptx": ["cp.async", "wgmma.mma_async", "griddepcontrol.launch_dependents",
+                    "griddepcontrol.wait"]}
+
+
+def compile_for_h100(kernel, constexprs, pointers, floats=(), num_warps=4, num_stages=3):
+    """``pointers`` {name: element type}; every other runtime argument an int32 divisible by
+    16, or an fp32 when named in ``floats``."""
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        signature[name] = f"*{pointers[name]}" if name in pointers else \
+            "fp32" if name in floats else "i32"
+        if name not in floats:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=H100,
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    found = {pattern: len(re.findall(re.escape(pattern), compiled.asm[stage]))
+             for stage, patterns in PATTERNS.items() for pattern in patterns}
+    return dict(found, shared=compiled.metadata.shared)
+
+
+def phase1(block_m, pdl_trigger=False, persistent=False):
+    pointers = dict(q_ptr="bf16", k_ptr="bf16", v_ptr="bf16", partial_out_ptr="bf16",
+                    partial_lse_ptr="fp32", kv_indices_ptr="i32", query_order_ptr="i32",
+                    items_ptr="i32", bounds_ptr="i32", work_counters_ptr="i32")
+    constexprs = dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, SMALL_M=16, SMALL_N=64,
+                      BLOCK_M=block_m, BLOCK_N=64, DOT_FP32=False, IEEE_FP32=False,
+                      PERSISTENT=persistent, INTERLEAVE_HEADS=True, NUM_KV_HEADS=8,
+                      PDL_TRIGGER=pdl_trigger)
+    return compile_for_h100(_partial_attention_kernel, constexprs, pointers,
+                            floats=("qk_scale_log2",))
+
+
+def merge(wait_prior):
+    constexprs = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_H=4, BLOCK_P=8, STAGES=0, EXTRA=False,
+                      WAIT_PRIOR=wait_prior)
+    pointers = dict(partial_out_ptr="bf16", partial_lse_ptr="fp32", merge_indptr_ptr="i32",
+                    merge_slots_ptr="i32", out_ptr="bf16", extra_out_ptr="bf16",
+                    extra_lse_ptr="fp32")
+    return compile_for_h100(_merge_partials_kernel, constexprs, pointers, num_warps=2)
+
+
+if __name__ == "__main__":
+    print(json.dumps({
+        "phase1": phase1(64), "phase1_persistent": phase1(64, persistent=True),
+        "phase1_small": phase1(16), "phase1_pdl": phase1(64, pdl_trigger=True),
+        "merge": merge(False), "merge_pdl": merge(True)}))
