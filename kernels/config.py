@@ -61,6 +61,14 @@ class PlannerConfig:
         waiting on per-block counters, were 1.21x slower (``hold1-merge-forms``): folding one
         partial at a time in heavy programs cost more than the launch they saved. Session
         7's variant, where the program writing a query's last partial merged it: 2-8x.
+    merge_tail_tokens : leaves of at most this many tokens that hold one query's KV alone are
+        attended by the merge, one token per step, instead of being phase-1 work items of
+        their own (``kernels.short_tails``; 0 = never). Not with tail slack. At 8, speculative
+        stars of t = 32-256 one-token drafts took 0.57-0.94x the time and Medusa trees
+        0.72-0.91x; no other workload has such leaves (geomean 0.965x over 62, H100, session 8,
+        ``results/session8-h100/hold6-short-tails``). At 16 two ToT snapshots folded 130-140
+        tail tokens and took 1.26x; at 32 the fan-out's 32-token tails gained 12% and ToT
+        snapshots lost up to 40%: a query's tail is a serial chain in the merge.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
     merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
@@ -111,6 +119,7 @@ class PlannerConfig:
     merge_blocked_max_rows: int = 1024
     native: bool = True
     merge_pdl: bool = True
+    merge_tail_tokens: int = 8
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -124,7 +133,7 @@ class PlannerConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be positive")
         for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens",
-                     "merge_blocked_max_rows"):
+                     "merge_blocked_max_rows", "merge_tail_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PlannerConfig.{name} must be >= 0")
         if self.max_registers and not 24 <= self.max_registers <= 255:

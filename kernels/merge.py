@@ -51,9 +51,9 @@ def fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr, begin, end,
                   offs_d, mask_hd, stride_pp, stride_ph, stride_lp, m_run, weight_sum, acc,
                   BLOCK_P: tl.constexpr, STAGES: tl.constexpr, CACHE: tl.constexpr):
     """Fold partial slots ``merge_slots[begin:end]`` of heads ``offs_h`` into the running max
-    ``m_run``, weight sum and unnormalised output ``acc``; returns the last two.  ``STAGES`` > 0:
+    ``m_run``, weight sum and unnormalised output ``acc``.  ``STAGES`` > 0:
     one partial per step, the loop's loads pipelined that deep; 0: ``BLOCK_P`` per step (3-D
-    tile).  ``CACHE``: the partials' load cache modifier (".cg", L2 only, for partials written
+    tile); returns all three.  ``CACHE``: the partials' load cache modifier (".cg", L2 only, for partials written
     by other programs of the same launch, which this SM's L1 may hold stale lines of)."""
     if STAGES > 0:
         for index in tl.range(begin, end, num_stages=STAGES):
@@ -83,7 +83,29 @@ def fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr, begin, end,
             weight_sum = weight_sum * scale_old + tl.sum(w, axis=0)
             acc = acc * scale_old[:, None] + tl.sum(part * w[:, :, None], axis=0)
             m_run = m_new
-    return weight_sum, acc
+    return m_run, weight_sum, acc
+
+
+@triton.jit
+def fold_tail_tokens(q_ptr, k_ptr, v_ptr, tail_slots_ptr, begin, end, query, offs_h, mask_h,
+                     offs_d, mask_hd, stride_qb, stride_qh, stride_kn, stride_kh, stride_vn,
+                     stride_vh, qk_scale_log2, m_run, weight_sum, acc, GROUP: tl.constexpr):
+    """Attend heads ``offs_h`` of ``query`` to the KV slots ``tail_slots[begin:end]`` (its
+    private tail, see ``kernels.short_tails``) one token at a time: a token is a partial of its
+    own, output v at log2-sum-exp = its scaled score, folded like the others."""
+    q = tl.load(q_ptr + query.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
+                + offs_d[None, :], mask=mask_hd, other=0.0).to(tl.float32)
+    kv_head = offs_h // GROUP
+    # Pipelined like the sequential merge: the next tokens' loads go out before this fold.
+    for index in tl.range(begin, end, num_stages=4):
+        slot = tl.load(tail_slots_ptr + index).to(tl.int64)
+        k = tl.load(k_ptr + slot * stride_kn + kv_head[:, None] * stride_kh + offs_d[None, :],
+                    mask=mask_hd, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + slot * stride_vn + kv_head[:, None] * stride_vh + offs_d[None, :],
+                    mask=mask_hd, other=0.0).to(tl.float32)
+        score = tl.where(mask_h, tl.sum(q * k, axis=1) * qk_scale_log2, -float("inf"))
+        m_run, weight_sum, acc = fold_one(m_run, weight_sum, acc, score, v)
+    return m_run, weight_sum, acc
 
 
 @triton.jit
@@ -97,16 +119,19 @@ def store_merged(out_ptr, query, offs_h, offs_d, mask_hd, stride_ob, stride_oh, 
 @triton.jit
 def _merge_partials_kernel(
     partial_out_ptr, partial_lse_ptr, merge_indptr_ptr, merge_slots_ptr, out_ptr,
-    extra_out_ptr, extra_lse_ptr,
+    extra_out_ptr, extra_lse_ptr, q_ptr, k_ptr, v_ptr, tail_indptr_ptr, tail_slots_ptr,
     stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, stride_eb, stride_eh, stride_le,
+    stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, qk_scale_log2,
     num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
-    STAGES: tl.constexpr, EXTRA: tl.constexpr, WAIT_PRIOR: tl.constexpr,
+    STAGES: tl.constexpr, EXTRA: tl.constexpr, WAIT_PRIOR: tl.constexpr, TAIL: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     """``STAGES`` > 0: one partial per loop step (a [BLOCK_H, BLOCK_D] tile, few registers), the
     loop's loads pipelined that deep; 0: ``BLOCK_P`` partials per step (a 3-D tile).
     ``WAIT_PRIOR``: launched as a programmatic dependent of phase 1, which may still be running:
-    wait for it to finish (and its writes to show) before reading anything it writes."""
+    wait for it to finish (and its writes to show) before reading anything it writes.
+    ``TAIL``: then attend the query's private tail, ``tail_slots[tail_indptr[b]:...[b+1]]``."""
     query = tl.program_id(0)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_h = offs_h < num_heads
@@ -126,9 +151,16 @@ def _merge_partials_kernel(
         acc = tl.load(extra_out_ptr + query.to(tl.int64) * stride_eb
                       + offs_h[:, None] * stride_eh + offs_d[None, :],
                       mask=mask_hd, other=0.0).to(tl.float32) * weight_sum[:, None]
-    weight_sum, acc = fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr, begin, end,
-                                    offs_h, mask_h, offs_d, mask_hd, stride_pp, stride_ph,
-                                    stride_lp, m_run, weight_sum, acc, BLOCK_P, STAGES, "")
+    m_run, weight_sum, acc = fold_partials(partial_out_ptr, partial_lse_ptr, merge_slots_ptr,
+                                           begin, end, offs_h, mask_h, offs_d, mask_hd,
+                                           stride_pp, stride_ph, stride_lp, m_run, weight_sum,
+                                           acc, BLOCK_P, STAGES, "")
+    if TAIL:  # (q and the KV were written before phase 1 began: no wait needed for them)
+        m_run, weight_sum, acc = fold_tail_tokens(
+            q_ptr, k_ptr, v_ptr, tail_slots_ptr, tl.load(tail_indptr_ptr + query),
+            tl.load(tail_indptr_ptr + query + 1), query, offs_h, mask_h, offs_d, mask_hd,
+            stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, qk_scale_log2,
+            m_run, weight_sum, acc, GROUP)
     store_merged(out_ptr, query, offs_h, offs_d, mask_hd, stride_ob, stride_oh, weight_sum, acc)
 
 
@@ -163,26 +195,35 @@ def _merge_launch_shape(num_queries, num_heads, head_dim, most_partials, num_sms
 
 def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_h: int = 1,
                  block_p: int = 8, extra=None, stages: int = 0, num_warps: int = 4,
-                 pdl: bool = False):
+                 pdl: bool = False, tail=None):
     """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync.
     ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`);
     ``stages`` > 0: one partial per step instead, the loop pipelined that deep.
     ``extra``: optional ``(extra_out, extra_lse)``, one more partial per query (row b).
     ``pdl``: launch as a programmatic dependent of the previous kernel (phase 1, which lets it
     start early with ``pdl_trigger``): its programs are resident and waiting when phase 1
-    ends, which hides the launch gap.  Only on Hopper or later, never in the interpreter."""
+    ends, which hides the launch gap.  Only on Hopper or later, never in the interpreter.
+    ``tail``: optional ``(q, k_cache, v_cache, tail_indptr int32 [B+1], tail_slots int32,
+    qk_scale_log2)``: query b also attends the KV slots ``tail_slots[tail_indptr[b]:
+    tail_indptr[b+1]]`` (``kernels.short_tails``)."""
     num_queries, num_qo_heads, head_dim = out.shape
     if num_queries == 0:
         return
     extra_out, extra_lse = extra if extra is not None else (partial_out, partial_lse)
+    q, k_cache, v_cache, tail_indptr, tail_slots, qk_scale_log2 = \
+        tail if tail is not None else (out, partial_out, partial_out, merge_indptr, merge_slots, 1.0)
     _merge_partials_kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
         partial_out, partial_lse, merge_indptr, merge_slots, out, extra_out, extra_lse,
+        q, k_cache, v_cache, tail_indptr, tail_slots,
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
         out.stride(0), out.stride(1), extra_out.stride(0), extra_out.stride(1),
-        extra_lse.stride(0), num_qo_heads,
+        extra_lse.stride(0), q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), float(qk_scale_log2), num_qo_heads,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_H=block_h,
         BLOCK_P=1 if stages > 0 else block_p, STAGES=stages, EXTRA=extra is not None,
-        WAIT_PRIOR=pdl, num_warps=num_warps, **(dict(launch_pdl=True) if pdl else {}),
+        WAIT_PRIOR=pdl, TAIL=tail is not None,
+        GROUP=num_qo_heads // k_cache.shape[1] if tail is not None else 1,
+        num_warps=num_warps, **(dict(launch_pdl=True) if pdl else {}),
     )
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .merge import launch_merge, merge_launch_shape
-from .partial_attention import launch_partial_attention
+from .partial_attention import LOG2E, launch_partial_attention
 from .tails import TailSlack, tail_spread
 from .config import SMALL_M, PlannerConfig, interpreter_active
 from .tree import TreeLayout, host_to_device
@@ -91,6 +91,7 @@ class TreeAttentionPlan:
     _workspace: dict = field(default_factory=dict)
     num_large_items: int = -1          # split_launches: items [0, n) have over 16 rows; else -1
     merge_pdl: bool = False            # the merge launch is a programmatic dependent of phase 1
+    short_tails: Any = None            # (tail_indptr, tail_slots) on the device: kernels.short_tails
 
     def stats(self) -> dict:
         """IO and shape of the plan (per layer; token counts are per KV head).
@@ -109,6 +110,25 @@ class TreeAttentionPlan:
         if callable(self._stats):
             self._stats = self._stats()
         return dict(self._stats)
+
+    def attach_short_tails(self, tails) -> None:
+        """Have the merge attend ``tails`` (a :class:`~deft_sglang.kernels.short_tails.
+        ShortTails`, taken out of the forest this plan was built from); ``stats()`` counts
+        their tokens as read once."""
+        indptr = host_to_device(tails.tail_indptr.astype(np.int32), self.device)
+        slots = (tails.tail_slots.to(device=self.device, dtype=torch.int32)
+                 if isinstance(tails.tail_slots, torch.Tensor)
+                 else host_to_device(tails.tail_slots.astype(np.int32), self.device))
+        self.short_tails = (indptr, slots)
+        base, count = self._stats, tails.num_tokens
+
+        def compute() -> dict:
+            stats = base() if callable(base) else dict(base)
+            for key in ("unique_kv_tokens", "loaded_kv_tokens", "per_request_kv_tokens"):
+                stats[key] += count
+            stats["merge_tail_tokens"] = count
+            return stats
+        self._stats = compute
 
     def extend_tails(self, new_slots: torch.Tensor, kv_indices: torch.Tensor | None = None,
                      items: torch.Tensor | None = None) -> None:
@@ -174,10 +194,12 @@ class TreeAttentionPlan:
                                      cfg.small_block_n, block_m, self.block_n, cfg.num_warps,
                                      cfg.num_stages, max_registers=cfg.max_registers,
                                      interleave_heads=cfg.interleave_heads, pdl_trigger=pdl)
+        tail = None if self.short_tails is None else \
+            (q, k_cache, v_cache, *self.short_tails, sm_scale * LOG2E)
         launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
                      *self.merge_shape, extra=extra,
                      stages=cfg.merge_stages_for(q.shape[0] * q.shape[1]),
-                     num_warps=cfg.merge_warps, pdl=pdl)
+                     num_warps=cfg.merge_warps, pdl=pdl, tail=tail)
         return out
 
 
@@ -236,6 +258,7 @@ def _lazy_stats(layout: TreeLayout, items: np.ndarray, item_node: np.ndarray, gr
             per_request_kv_tokens=int(np.sum(node_tokens
                                              * (layout.query_end - layout.query_begin))),
             partial_bytes=partial_bytes,
+            merge_tail_tokens=0,
             block_n=block_n,
             row_tiles=int(np.sum(tiles_per_item)),
         )

@@ -7,7 +7,8 @@ persistent kernel whose work-list bounds are read from device memory; its progra
 list through per-KV-head atomic counters, heaviest item first, so load balance matches the
 one-program-per-item grid of the eager path.  ``run`` zeroes the counters before each phase-1
 launch (a memset, captured in the graph with the launch).  The merge runs one program per batch
-row, and rows past the plan's queries own no partial and come out as zeros.  It is a plain
+row (and attends the query's short private tail, if the plan took any: ``kernels.short_tails``),
+and rows past the plan's queries own no partial and come out as zeros.  It is a plain
 launch whatever ``PlannerConfig.merge_pdl`` says: a graph already leaves little gap between
 kernels, and as a programmatic dependent inside the graph the merge took 1.009x the time per
 layer (geomean of 14 shapes, none faster; H100, ``results/session8-h100/hold4``).
@@ -36,7 +37,7 @@ import math
 import torch
 
 from .merge import launch_merge, merge_launch_shape
-from .partial_attention import launch_partial_attention
+from .partial_attention import LOG2E, launch_partial_attention
 from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, resolve_block_n
 from .tails import DeviceTails
 
@@ -92,6 +93,9 @@ class StaticTreeAttention:
         self.query_order = torch.zeros(max_queries, **int32)
         self.merge_indptr = torch.zeros(max_queries + 1, **int32)
         self.merge_slots = torch.zeros(max_partials, **int32)
+        # short private tails the merge attends (kernels.short_tails); none: all rows empty
+        self.tail_indptr = torch.zeros(max_queries + 1, **int32)
+        self.tail_slots = torch.zeros(max_kv_tokens, **int32)
         partial_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
         self.partial_out = torch.empty(max_partials, num_qo_heads, head_dim, dtype=partial_dtype,
                                        device=self.device)
@@ -112,7 +116,9 @@ class StaticTreeAttention:
                 and plan.config.small_block_n == self.config.small_block_n
                 and plan.num_queries <= cap["queries"] and plan.items.shape[1] <= cap["items"]
                 and plan.kv_indices.shape[0] <= cap["kv_tokens"]
-                and plan.num_partials <= cap["partials"])
+                and plan.num_partials <= cap["partials"]
+                and (plan.short_tails is None
+                     or plan.short_tails[1].shape[0] <= cap["kv_tokens"]))
 
     def load(self, plan: TreeAttentionPlan) -> None:
         """Copy ``plan``'s work list into the fixed buffers (device copies, no host sync)."""
@@ -132,6 +138,13 @@ class StaticTreeAttention:
         self.merge_indptr[:num_queries + 1].copy_(plan.merge_indptr)
         self.merge_indptr[num_queries + 1:].fill_(plan.num_partials)  # padded rows: no partial
         self.merge_slots[:plan.num_partials].copy_(plan.merge_slots)
+        if plan.short_tails is None:
+            self.tail_indptr.zero_()
+        else:
+            indptr, slots = plan.short_tails
+            self.tail_indptr[:num_queries + 1].copy_(indptr)
+            self.tail_indptr[num_queries + 1:].copy_(indptr[-1])  # padded rows: no tail
+            self.tail_slots[:slots.shape[0]].copy_(slots)
         if self.tails is not None:
             self.tails.load(plan.tails, num_queries)
 
@@ -139,6 +152,7 @@ class StaticTreeAttention:
         """Load a plan with no work items: every output row comes out as zeros."""
         self.item_bounds.zero_()
         self.merge_indptr.zero_()
+        self.tail_indptr.zero_()
         if self.tails is not None:
             self.tails.load(None, 0)
 
@@ -176,5 +190,7 @@ class StaticTreeAttention:
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
                      out, *self.merge_shape, extra=extra,
                      stages=self.config.merge_stages_for(q.shape[0] * q.shape[1]),
-                     num_warps=self.config.merge_warps)
+                     num_warps=self.config.merge_warps,
+                     tail=(q, k_cache, v_cache, self.tail_indptr, self.tail_slots,
+                           sm_scale * LOG2E))
         return out

@@ -53,11 +53,13 @@ def phase1(block_m, pdl_trigger=False, persistent=False):
 
 def merge(wait_prior):
     constexprs = dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_H=4, BLOCK_P=8, STAGES=0, EXTRA=False,
-                      WAIT_PRIOR=wait_prior)
+                      WAIT_PRIOR=wait_prior, TAIL=True, GROUP=4)
     pointers = dict(partial_out_ptr="bf16", partial_lse_ptr="fp32", merge_indptr_ptr="i32",
                     merge_slots_ptr="i32", out_ptr="bf16", extra_out_ptr="bf16",
-                    extra_lse_ptr="fp32")
-    return compile_for_h100(_merge_partials_kernel, constexprs, pointers, num_warps=2)
+                    extra_lse_ptr="fp32", q_ptr="bf16", k_ptr="bf16", v_ptr="bf16",
+                    tail_indptr_ptr="i32", tail_slots_ptr="i32")
+    return compile_for_h100(_merge_partials_kernel, constexprs, pointers,
+                            floats=("qk_scale_log2",), num_warps=2)
 
 
 if __name__ == "__main__":
