@@ -114,14 +114,14 @@ class Knobs:
         self.out_length = 0  # the last plan's output length: the next one's first guess
 
 
-PLAN_HEADER = 6  # plan_native.c's PLAN_HEADER
+PLAN_HEADER = 5  # plan_native.c's PLAN_HEADER
 
 
 def plan(knobs: Knobs, kv_indptr, query_begin, query_end, query_order, shift):
     """``work_list.plan_items``'s result: (items int64 [5, I] in the final order,
     item_node [I], item_last [I] (0/1), merge_indptr [B+1], merge_slots [P],
     partial_counts [B], most partials of a query, most rows of an item, items of more than
-    16 rows, fewest partials of a query)."""
+    16 rows)."""
     n, b = query_begin.shape[0], query_order.shape[0]
     args = (n, b, *knobs.addresses, _ptr(kv_indptr), _ptr(query_begin), _ptr(query_end),
             _ptr(query_order), None if shift is None else _ptr(shift))
@@ -135,9 +135,8 @@ def plan(knobs: Knobs, kv_indptr, query_begin, query_end, query_order, shift):
     if status:
         raise MemoryError("the C planner core could not allocate its scratch")
     knobs.out_length = length
-    m, p, most_partials, most_rows, num_large, fewest_partials = out[:PLAN_HEADER].tolist()
+    m, p, most_partials, most_rows, num_large = out[:PLAN_HEADER].tolist()
     o = PLAN_HEADER + 7 * m
     return (out[PLAN_HEADER:o - 2 * m].reshape(5, m), out[o - 2 * m:o - m], out[o - m:o],
             out[o:o + b + 1], out[o + b + 1:o + b + 1 + p],
-            out[o + b + 1 + p:o + 2 * b + 1 + p], most_partials, most_rows, num_large,
-            fewest_partials)
+            out[o + b + 1 + p:o + 2 * b + 1 + p], most_partials, most_rows, num_large)

@@ -19,7 +19,7 @@
 typedef int64_t i64;
 
 #define SMALL_M 16
-#define PLAN_HEADER 6
+#define PLAN_HEADER 5
 
 /* ---------------------------------------------------------------------------- validation */
 
@@ -293,7 +293,7 @@ static void work_items(i64 s, i64 num_items, i64 b, const i64 *k, const i64 *ind
 
 /* The whole plan after grouping: segments, chunk lengths, work items in their final order and
  * the merge lists.  out = [num_items I, num_partials P, most partials of a query, most rows of
- * an item, items of more than SMALL_M rows, fewest partials of a query, items 5 x I, item_node [I], item_last [I],
+ * an item, items of more than SMALL_M rows, items 5 x I, item_node [I], item_last [I],
  * merge_indptr [B+1], merge_slots [P], partial_counts [B]].  Returns 0, minus the out length
  * needed when out_cap is smaller (nothing written), or -1 out of memory. */
 i64 deft_plan(i64 n, i64 b, const i64 *k, const double *f, const i64 *indptr,
@@ -320,11 +320,9 @@ i64 deft_plan(i64 n, i64 b, const i64 *k, const double *f, const i64 *indptr,
     work_items(s, m, b, k, indptr, seg, seg_cap, query_order, shift, o, o + 5 * m, o + 6 * m,
                o + 7 * m, o + 7 * m + b + 1, partial_counts, scratch,
                (item_key *)(scratch + 7 * (m + 1)));
-    out[0] = m; out[1] = p; out[2] = out[3] = out[4] = 0; out[5] = b ? partial_counts[0] : 0;
-    for (i64 q = 0; q < b; q++) {
+    out[0] = m; out[1] = p; out[2] = out[3] = out[4] = 0;
+    for (i64 q = 0; q < b; q++)
         if (partial_counts[q] > out[2]) out[2] = partial_counts[q];
-        if (partial_counts[q] < out[5]) out[5] = partial_counts[q];
-    }
     for (i64 i = 0; i < m; i++) {
         i64 rows = o[3 * m + i] * k[K_GROUP];
         if (rows > out[3]) out[3] = rows;

@@ -296,7 +296,7 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
                          layout.node_queries(), tail_slack) if tail_slack else None
     shape = (group, block_n, num_sms, num_kv_heads, l2_bytes, kv_bytes_per_token)
     (items, item_node, item_last, merge_indptr, merge_slots, partial_counts, most_partials,
-     most_rows, num_large, fewest_partials) = plan_items(layout, shape, config, spread)
+     most_rows, num_large) = plan_items(layout, shape, config, spread)
     block_m = config.block_m
     kv_source = layout.kv_indices if spread is None else spread.apply(layout.kv_indices, device)
 

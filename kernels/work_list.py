@@ -19,7 +19,7 @@ from .tree import TreeLayout
 def plan_items(layout: TreeLayout, shape: tuple, config: PlannerConfig, spread):
     """(items int64 [5, I] in the final order, item_node [I], item_last [I], merge_indptr [B+1],
     merge_slots [P], partial_counts [B], most partials of a query, most rows of an item, items
-    of more than 16 rows, fewest partials of a query).
+    of more than 16 rows).
 
     ``shape``: (GQA group, block_n, SMs, KV heads, L2 bytes, KV bytes per token); ``spread``:
     the tail slack's ``TailSpread`` or None."""
@@ -145,7 +145,7 @@ def _plan_items_numpy(layout: TreeLayout, shape: tuple, config: PlannerConfig, s
     rows = items[3] * group
     return (items[:, order], item_node[order], item_last[order], merge_indptr, merge_slots,
             partial_counts, int(partial_counts.max(initial=0)), int(rows.max(initial=0)),
-            int(large.sum()), int(partial_counts.min()) if partial_counts.size else 0)
+            int(large.sum()))
 
 
 def _plan_items_native(layout: TreeLayout, shape: tuple, config: PlannerConfig, spread):
