@@ -40,6 +40,7 @@ import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "examples"))
+import _server as server  # noqa: E402
 import e2e_compare as e2e  # noqa: E402
 from _e2e_metrics import Generation, compare  # noqa: E402
 
@@ -75,9 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument(flag, type=type(default), default=default, help=what)
     args = p.parse_args(argv)
     args.launches = [x.strip() for x in args.launches.split(",") if x.strip()]
-    unknown = set(args.launches) - set(e2e.SERVER_FLAGS)
+    unknown = set(args.launches) - set(server.SERVER_FLAGS)
     if unknown:
-        p.error(f"unknown launches {sorted(unknown)}; choose from {', '.join(e2e.SERVER_FLAGS)}")
+        p.error(f"unknown launches {sorted(unknown)}; choose from {', '.join(server.SERVER_FLAGS)}")
     return args
 
 
@@ -139,16 +140,16 @@ def scan_soak_log(path: str) -> dict:
 
 def start_launch(name: str, args) -> tuple:
     """Start one loopback server: (url, record, alive(), cleanup()), as e2e.with_client does."""
-    port = e2e.free_port()
-    proc, cmd, log_path = e2e.start_server(name, args, port)
+    port = server.free_port()
+    proc, cmd, log_path = server.start_server(name, args, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        e2e.wait_healthy(url, proc, args.launch_timeout)
+        server.wait_healthy(url, proc, args.launch_timeout)
     except Exception:
-        e2e.stop(proc)
+        server.stop(proc)
         raise
-    record = {"command": shlex.join(cmd), "log": log_path, "env": e2e.LAUNCH_ENV.get(name, {})}
-    return url, record, (lambda: proc.poll() is None), (lambda: e2e.stop(proc))
+    record = {"command": shlex.join(cmd), "log": log_path, "env": server.LAUNCH_ENV.get(name, {})}
+    return url, record, (lambda: proc.poll() is None), (lambda: server.stop(proc))
 
 
 def problems(rec: dict) -> list:

@@ -36,7 +36,6 @@ import json
 import os
 import random
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -45,24 +44,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import EngineClient, HTTPClient  # noqa: E402
 from _e2e_metrics import Generation, compare  # noqa: E402
 from _e2e_plots import write_plots  # noqa: E402
+from _server import LAUNCH_ENV, free_port, start_server, stop, wait_healthy  # noqa: E402
 from _tot_program import run_tot  # noqa: E402
 
 LAUNCHES = ("stock", "stock_flashinfer", "deft", "deft_module", "deft_engine", "deft_eager",
             "deft_shadow", "deft_host_advance")
-SERVER_FLAGS = {
-    "stock": ["-m", "sglang.launch_server", "--attention-backend", "triton"],
-    "stock_flashinfer": ["-m", "sglang.launch_server", "--attention-backend", "flashinfer"],
-    "deft": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
-    "deft_module": ["-m", "deft_sglang.launch_server"],
-    "deft_eager": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
-    "deft_shadow": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
-    "deft_host_advance": ["-m", "sglang.launch_server", "--attention-backend", "deft"],
-}
-LAUNCH_ENV = {"deft": {"DEFT_STATS_INTERVAL": "200"},
-              "deft_eager": {"DEFT_CUDA_GRAPH": "disable", "DEFT_STATS_INTERVAL": "200"},
-              "deft_shadow": {"DEFT_SHADOW_CHECK": "1", "DEFT_STATS_INTERVAL": "20"},
-              "deft_host_advance": {"DEFT_GRAPH_TAIL_ADVANCE": "host",
-                                    "DEFT_STATS_INTERVAL": "200"}}
 LOG_MARKERS = {"deft_active_logged": "DeFT tree attention active",
                "deft_graphs_logged": "DeFT decodes inside CUDA graphs",
                "deft_verify_logged": "DeFT verifies speculative draft trees",
@@ -199,53 +185,6 @@ def run_unshared(client, args, vocab: int, rng: random.Random) -> dict:
                     prefix=1024, width=args.unshared)
     row["unshared"] = True
     return row
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_env(name: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "DEFT_ENABLE"}
-    env.update(LAUNCH_ENV.get(name, {}))
-    return env
-
-
-def start_server(name: str, args, port: int) -> tuple[subprocess.Popen, list, str]:
-    cmd = [sys.executable, *SERVER_FLAGS[name], "--model-path", args.model_path,
-           "--load-format", "dummy", "--port", str(port), "--host", "127.0.0.1",
-           *shlex.split(args.extra_server_args)]
-    log_path = os.path.join(args.out, f"{name}.log")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(name))
-    return proc, cmd, log_path
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    import requests
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode} (see its log)")
-        try:
-            if requests.get(url + "/health_generate", timeout=30).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(3)
-    raise TimeoutError(f"server not healthy after {timeout:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        from sglang.srt.utils import kill_process_tree
-        kill_process_tree(proc.pid)
-    except Exception:
-        proc.kill()
-    proc.wait(timeout=120)
 
 
 def with_client(name: str, args):
