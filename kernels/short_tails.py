@@ -70,14 +70,14 @@ def take_short_tails(parent: np.ndarray, kv_indptr: np.ndarray, kv_indices, quer
     keep_len = np.where(short, 0, tokens)
     new_indptr = np.concatenate([[0], np.cumsum(keep_len)]).astype(np.int64)
     tail_start = kv_indptr[query_node]
-    if isinstance(kv_indices, torch.Tensor):
-        device = kv_indices.device
-        kept = kv_indices[ranges_on_device(kv_indptr[:-1], keep_len, device)]
-        tails = kv_indices[ranges_on_device(tail_start, tail_len, device)]
-    else:
+    on_device = isinstance(kv_indices, torch.Tensor)
+    if not on_device:
         kv_indices = np.asarray(kv_indices)
-        kept = kv_indices[np.repeat(~short, tokens)]
-        first = tail_indptr[:-1]
-        tails = kv_indices[np.repeat(tail_start - first, tail_len)
-                           + np.arange(int(tail_indptr[-1]))]
+    device = kv_indices.device if on_device else torch.device("cpu")
+
+    def slots(starts, lengths):  # the slots at those ranges of positions, where they lie
+        positions = ranges_on_device(starts, lengths, device)
+        return kv_indices[positions if on_device else positions.numpy()]
+
+    kept, tails = slots(kv_indptr[:-1], keep_len), slots(tail_start, tail_len)
     return ShortTails(new_indptr, kept, tail_indptr, tails)

@@ -58,14 +58,21 @@ def test_head_dims_bf16(d):
     assert err.abs().max().item() <= 2e-2
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_random_forests_bf16(seed):
-    rng = random.Random(1000 + seed)
-    forest = random_forest(rng, max_nodes=40, max_tokens=600, max_queries=80)
+def random_bf16_case(seed, **sizes):
+    """A random forest with random GQA heads (D 128) and its bf16 q/k/v on the GPU:
+    (contract arrays, Hq, Hkv, q, k, v)."""
+    rng = random.Random(seed)
+    forest = random_forest(rng, **sizes)
     hkv = rng.choice([1, 2, 8])
     hq = hkv * rng.choice([1, 4, 8])
     q, k, v = random_qkv(forest, len(forest.query_node), hq, hkv, 128, torch.bfloat16, "cuda")
-    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    return (forest.parent, forest.indptr, forest.indices, forest.query_node), hq, hkv, q, k, v
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_forests_bf16(seed):
+    args, hq, hkv, q, k, v = random_bf16_case(1000 + seed, max_nodes=40, max_tokens=600,
+                                              max_queries=80)
     plan = plan_tree_attention(*args, num_qo_heads=hq, num_kv_heads=hkv, head_dim=128,
                                device="cuda")
     err = (plan.run(q, k, v).double() - tree_attention_reference(q, k, v, *args).double())
@@ -89,12 +96,8 @@ def test_merge_as_a_dependent_launch_gives_the_same_bits(seed):
     both are queued behind a long kernel."""
     from deft_sglang.kernels import PlannerConfig
 
-    rng = random.Random(2000 + seed)
-    forest = random_forest(rng, max_nodes=60, max_tokens=900, max_queries=120)
-    hkv = rng.choice([1, 2, 8])
-    hq = hkv * rng.choice([1, 4, 8])
-    q, k, v = random_qkv(forest, len(forest.query_node), hq, hkv, 128, torch.bfloat16, "cuda")
-    args = (forest.parent, forest.indptr, forest.indices, forest.query_node)
+    args, hq, hkv, q, k, v = random_bf16_case(2000 + seed, max_nodes=60, max_tokens=900,
+                                              max_queries=120)
     plain, dependent = (plan_tree_attention(*args, num_qo_heads=hq, num_kv_heads=hkv,
                                             head_dim=128, device="cuda",
                                             config=PlannerConfig(merge_pdl=pdl))
