@@ -63,17 +63,17 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
                       else np.asarray(node_kv_indices))
         arrays = [arrays[0].astype(np.int64), arrays[1].astype(np.int64), kv_indices,
                   arrays[2].astype(np.int64)]
-    tails = (take_short_tails(*arrays, config.merge_tail_tokens)
-             if config.merge_tail_tokens and not tail_slack else None)
-    if tails is not None:  # the merge attends them (kernels.short_tails)
+    tails = (take_short_tails(*arrays, config.short_tail_bound, native=config.native)
+             if config.short_tail_bound and not tail_slack else None)
+    if tails is not None:  # the merge or packs attend them (kernels.short_tails)
         arrays = [arrays[0], tails.kv_indptr, tails.kv_indices, arrays[3]]
+    packed = (tails is not None and config.packs_tails
+              and tails.longest > config.merge_tail_tokens)
     layout = build_layout(*arrays, native=config.native)
-    plan = build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+    return build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
                       head_dim=head_dim, device=device, config=config,
-                      kv_elem_bytes=kv_elem_bytes, tail_slack=int(tail_slack))
-    if tails is not None:
-        plan.attach_short_tails(tails)
-    return plan
+                      kv_elem_bytes=kv_elem_bytes, tail_slack=int(tail_slack),
+                      short_tails=tails, pack_tails=packed)
 
 
 def _check_heads(num_qo_heads: int, num_kv_heads: int, head_dim: int) -> None:

@@ -69,6 +69,20 @@ class PlannerConfig:
         ``results/session8-h100/hold6-short-tails``). At 16 two ToT snapshots folded 130-140
         tail tokens and took 1.26x; at 32 the fan-out's 32-token tails gained 12% and ToT
         snapshots lost up to 40%: a query's tail is a serial chain in the merge.
+    pack_tail_tokens : leaves of at most this many tokens that hold one query's KV alone are
+        taken out of the forest too; when some are longer than ``merge_tail_tokens``, phase 1
+        attends all of them in packs, several queries' tails in one row tile, after its work
+        items (``kernels.short_tails``; 0 = never). Not with tail slack. At 64 the 1024-way
+        fan-out (32-token tails) took 0.80x the time eager (245 -> 198 us) and in graph form
+        (268 -> 209); the other 61 workloads of the table within noise (geomean 1.00). At 128
+        the 64-way fork with 128-token tails took 1.19x; packing 1-token tails too
+        (``merge_tail_tokens=0``) cost spec stars up to 1.8x: the merge keeps those (H100,
+        session 9, ``results/session9-h100/hold1-packs``, ``hold2-packs``).
+    tail_pack_rows : the packs' row tile (16, 32 or 64): ``tail_pack_rows // (Hq/Hkv)`` tails
+        per pack at most, fewer when that would leave the GPU short of programs. 16 and 64 ran
+        the fan-out alike eager, but 64-row packs in the persistent kernel of the graph form
+        spilled (255 registers) and slowed the server shapes there by 7%; 16-row packs run in
+        its small-tile launch at no register cost.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
     merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
@@ -120,6 +134,8 @@ class PlannerConfig:
     native: bool = True
     merge_pdl: bool = True
     merge_tail_tokens: int = 8
+    pack_tail_tokens: int = 64
+    tail_pack_rows: int = 16
 
     def __post_init__(self):
         if self.block_n not in (0, 16, 32, 64, 128):
@@ -133,7 +149,7 @@ class PlannerConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be positive")
         for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens",
-                     "merge_blocked_max_rows", "merge_tail_tokens"):
+                     "merge_blocked_max_rows", "merge_tail_tokens", "pack_tail_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PlannerConfig.{name} must be >= 0")
         if self.max_registers and not 24 <= self.max_registers <= 255:
@@ -145,6 +161,9 @@ class PlannerConfig:
         if self.merge_stages < 0 or self.merge_warps not in (1, 2, 4, 8):
             raise ValueError(f"PlannerConfig.merge_stages must be >= 0 and merge_warps 1, 2, 4 "
                              f"or 8, got {self.merge_stages}, {self.merge_warps}")
+        if self.tail_pack_rows not in (16, 32, 64):
+            raise ValueError(f"PlannerConfig.tail_pack_rows must be 16, 32 or 64, "
+                             f"got {self.tail_pack_rows}")
         if self.reread_group_rows < 16:
             raise ValueError("PlannerConfig.reread_group_rows must be >= 16")
 
@@ -178,6 +197,16 @@ class PlannerConfig:
                     raise ValueError(f"PlannerConfig.{key} must be {kind.__name__}, "
                                      f"got {text!r}") from None
         return cls(**values)
+
+    @property
+    def packs_tails(self) -> bool:
+        """Whether phase 1 may attend short tails in packs (never batch-invariant plans)."""
+        return self.pack_tail_tokens > self.merge_tail_tokens and not self.fixed_chunk_tokens
+
+    @property
+    def short_tail_bound(self) -> int:
+        """The longest private tail taken out of the forest (0: none)."""
+        return self.pack_tail_tokens if self.packs_tails else self.merge_tail_tokens
 
     def merge_stages_for(self, num_rows: int) -> int:
         """The merge loop for a batch of ``num_rows`` (query, head) rows: 0 (blocked) for small

@@ -120,18 +120,21 @@ def store_merged(out_ptr, query, offs_h, offs_d, mask_hd, stride_ob, stride_oh, 
 def _merge_partials_kernel(
     partial_out_ptr, partial_lse_ptr, merge_indptr_ptr, merge_slots_ptr, out_ptr,
     extra_out_ptr, extra_lse_ptr, q_ptr, k_ptr, v_ptr, tail_indptr_ptr, tail_slots_ptr,
+    pack_slots_ptr,
     stride_pp, stride_ph, stride_lp, stride_ob, stride_oh, stride_eb, stride_eh, stride_le,
     stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, qk_scale_log2,
     num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
     STAGES: tl.constexpr, EXTRA: tl.constexpr, WAIT_PRIOR: tl.constexpr, TAIL: tl.constexpr,
-    GROUP: tl.constexpr,
+    GROUP: tl.constexpr, PACKED: tl.constexpr,
 ):
     """``STAGES`` > 0: one partial per loop step (a [BLOCK_H, BLOCK_D] tile, few registers), the
     loop's loads pipelined that deep; 0: ``BLOCK_P`` partials per step (a 3-D tile).
     ``WAIT_PRIOR``: launched as a programmatic dependent of phase 1, which may still be running:
     wait for it to finish (and its writes to show) before reading anything it writes.
-    ``TAIL``: then attend the query's private tail, ``tail_slots[tail_indptr[b]:...[b+1]]``."""
+    ``TAIL``: then attend the query's private tail, ``tail_slots[tail_indptr[b]:...[b+1]]``.
+    ``PACKED``: then fold partial ``pack_slots[b]`` too, the query's tail attended in a phase-1
+    pack (none where it is negative)."""
     query = tl.program_id(0)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_h = offs_h < num_heads
@@ -161,6 +164,15 @@ def _merge_partials_kernel(
             tl.load(tail_indptr_ptr + query + 1), query, offs_h, mask_h, offs_d, mask_hd,
             stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, qk_scale_log2,
             m_run, weight_sum, acc, GROUP)
+    if PACKED:
+        slot = tl.load(pack_slots_ptr + query)
+        has = slot >= 0
+        slot = tl.maximum(slot, 0).to(tl.int64)
+        lse = tl.load(partial_lse_ptr + slot * stride_lp + offs_h, mask=mask_h & has,
+                      other=-float("inf"))
+        part = tl.load(partial_out_ptr + slot * stride_pp + offs_h[:, None] * stride_ph
+                       + offs_d[None, :], mask=mask_hd & has, other=0.0).to(tl.float32)
+        m_run, weight_sum, acc = fold_one(m_run, weight_sum, acc, lse, part)
     store_merged(out_ptr, query, offs_h, offs_d, mask_hd, stride_ob, stride_oh, weight_sum, acc)
 
 
@@ -195,7 +207,7 @@ def _merge_launch_shape(num_queries, num_heads, head_dim, most_partials, num_sms
 
 def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block_h: int = 1,
                  block_p: int = 8, extra=None, stages: int = 0, num_warps: int = 4,
-                 pdl: bool = False, tail=None):
+                 pdl: bool = False, tail=None, pack_slots=None):
     """Write ``out[b]`` as the LSE-weighted sum of query ``b``'s partials; no host sync.
     ``block_h`` heads and ``block_p`` partials per step (see :func:`merge_launch_shape`);
     ``stages`` > 0: one partial per step instead, the loop pipelined that deep.
@@ -205,7 +217,8 @@ def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block
     ends, which hides the launch gap.  Only on Hopper or later, never in the interpreter.
     ``tail``: optional ``(q, k_cache, v_cache, tail_indptr int32 [B+1], tail_slots int32,
     qk_scale_log2)``: query b also attends the KV slots ``tail_slots[tail_indptr[b]:
-    tail_indptr[b+1]]`` (``kernels.short_tails``)."""
+    tail_indptr[b+1]]`` (``kernels.short_tails``).  ``pack_slots``: optional int32 [B],
+    one more partial slot per query (its tail's, from a phase-1 pack), or -1 for none."""
     num_queries, num_qo_heads, head_dim = out.shape
     if num_queries == 0:
         return
@@ -215,6 +228,7 @@ def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block
     _merge_partials_kernel[(num_queries, triton.cdiv(num_qo_heads, block_h))](
         partial_out, partial_lse, merge_indptr, merge_slots, out, extra_out, extra_lse,
         q, k_cache, v_cache, tail_indptr, tail_slots,
+        pack_slots if pack_slots is not None else merge_indptr,
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
         out.stride(0), out.stride(1), extra_out.stride(0), extra_out.stride(1),
         extra_lse.stride(0), q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -223,6 +237,7 @@ def launch_merge(partial_out, partial_lse, merge_indptr, merge_slots, out, block
         BLOCK_P=1 if stages > 0 else block_p, STAGES=stages, EXTRA=extra is not None,
         WAIT_PRIOR=pdl, TAIL=tail is not None,
         GROUP=num_qo_heads // k_cache.shape[1] if tail is not None else 1,
+        PACKED=pack_slots is not None,
         num_warps=num_warps, **(dict(launch_pdl=True) if pdl else {}),
     )
 

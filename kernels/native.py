@@ -30,6 +30,7 @@ _SIGNATURES = {
     "deft_validate": (_I64, [_I64, _I64, _I64, _I64, _I64] + [_PTR] * 4),
     "deft_layout": (_I64, [_I64, _I64, _PTR, _PTR, _PTR]),
     "deft_plan": (_I64, [_I64, _I64] + [_PTR] * 8 + [_I64]),
+    "deft_short_tails": (_I64, [_I64] * 4 + [_PTR] * 10),
 }
 _library = None  # the loaded library, False once loading failed
 
@@ -96,6 +97,27 @@ def layout(parent: np.ndarray, query_node: np.ndarray):
     if library().deft_layout(n, b, _ptr(parent), _ptr(query_node), _ptr(out)):
         raise MemoryError("the C planner core could not allocate its scratch")
     return out[:b], out[b:b + n], out[b + n:]
+
+
+def short_tails(parent, kv_indptr, kv_indices, query_node, max_tokens: int):
+    """``short_tails.take_short_tails`` on a host slot list (int32 or int64): (new kv_indptr,
+    kept slots, tail_indptr, tail slots, queries with a tail, longest tail), or None when no
+    leaf qualifies."""
+    n, b, total = parent.shape[0], query_node.shape[0], kv_indices.shape[0]
+    ints = np.empty(n + 2 * b + 4, dtype=np.int64)  # new_indptr, tail_indptr, queries, info
+    slots = np.empty(2 * total, dtype=kv_indices.dtype)  # kept, tails
+    info = ints[n + 2 * b + 2:]
+    taken = library().deft_short_tails(
+        n, b, max_tokens, kv_indices.itemsize, _ptr(parent), _ptr(kv_indptr), _ptr(kv_indices),
+        _ptr(query_node), _ptr(ints), _ptr(ints[n + 1:]), _ptr(slots), _ptr(slots[total:]),
+        _ptr(ints[n + b + 2:]), _ptr(info))
+    if taken < 0:
+        raise MemoryError("the C planner core could not allocate its scratch")
+    if not taken:
+        return None
+    longest, with_tail = info.tolist()
+    return (ints[:n + 1], slots[:total - taken], ints[n + 1:n + b + 2], slots[total:total + taken],
+            ints[n + b + 2:n + b + 2 + with_tail], longest)
 
 
 class Knobs:

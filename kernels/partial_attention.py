@@ -6,6 +6,10 @@ sorted query order).  The query heads that share the KV head are packed into row
 is query ``r // GROUP`` and head ``r % GROUP`` of this KV head, so a chunk is applied to all
 ``q_count * GROUP`` rows.
 
+After the items the launch may run packs of short private tails (``kernels.short_tails``):
+the tails of a few queries, their keys side by side, in one 16-row tile where each row sees
+only its own query's keys.
+
 By default one program handles one work item for one KV head (grid ``[num_items, Hkv]``, or
 ``[num_items * Hkv]`` item-major with ``INTERLEAVE_HEADS``, the planner's default, so that every
 head's heaviest items start first).  For CUDA graphs a fixed grid of persistent programs consumes
@@ -123,6 +127,65 @@ def _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_o
 
 
 @triton.jit
+def _attend_tail_pack(pack, kv_head, q_ptr, k_ptr, v_ptr, pack_info_ptr, tail_indptr_ptr,
+                      tail_slots_ptr, partial_out_ptr, partial_lse_ptr,
+                      stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                      stride_pp, stride_ph, stride_lp, qk_scale_log2,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+                      PACK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr):
+    """Pack ``pack`` of short private tails (``kernels.short_tails``): the tails of up to
+    ``per_pack`` queries, whose keys lie side by side in ``tail_slots``, attended in one row
+    tile; each row sees only its own query's keys.  Packed tail ``j``'s partial is slot
+    ``pack_info[2] + j``."""
+    num_tails = tl.load(pack_info_ptr)
+    per_pack = tl.load(pack_info_ptr + 1)
+    slot_base = tl.load(pack_info_ptr + 2)
+    offs_m = tl.arange(0, PACK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < HEAD_DIM
+    rank = pack * per_pack + offs_m // GROUP  # which packed tail each row belongs to
+    mask_m = (offs_m // GROUP < per_pack) & (rank < num_tails)
+    query = tl.load(pack_info_ptr + 3 + rank, mask=mask_m, other=0)
+    key_begin = tl.load(tail_indptr_ptr + query, mask=mask_m, other=0)
+    key_end = tl.load(tail_indptr_ptr + query + 1, mask=mask_m, other=0)
+    head = kv_head * GROUP + offs_m % GROUP
+    q = tl.load(q_ptr + query[:, None].to(tl.int64) * stride_qb + head[:, None] * stride_qh
+                + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    m_i = tl.full([PACK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([PACK_M], tl.float32)
+    acc = tl.zeros([PACK_M, BLOCK_D], tl.float32)
+    # The pack's tails are consecutive in tail_slots: one key range covers them all.
+    first = tl.min(tl.where(mask_m, key_begin, 2147483647))
+    last = tl.max(tl.where(mask_m, key_end, 0))
+    for kv_start in range(first, last, BLOCK_N):
+        cols = kv_start + offs_n
+        mask_n = cols < last
+        slots = tl.load(tail_slots_ptr + cols, mask=mask_n, other=0).to(tl.int64)
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        if DOT_FP32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        own = (cols[None, :] >= key_begin[:, None]) & (cols[None, :] < key_end[:, None])
+        m_i, l_i, acc = online_softmax_block(q, k, v, own, m_i, l_i, acc, qk_scale_log2,
+                                             IEEE_FP32, True)
+    owns = l_i > 0  # (rows past the pack's tails own no key)
+    out = acc / tl.where(owns, l_i, 1.0)[:, None]
+    slot = (slot_base + rank).to(tl.int64)
+    tl.store(partial_out_ptr + slot[:, None] * stride_pp + head[:, None] * stride_ph
+             + offs_d[None, :], out, mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(partial_lse_ptr + slot * stride_lp + head,
+             tl.where(owns, m_i + tl.log2(tl.where(owns, l_i, 1.0)), -float("inf")), mask=mask_m)
+
+
+@triton.jit
 def _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr,
               items_stride, partial_out_ptr, partial_lse_ptr,
               stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
@@ -152,9 +215,38 @@ def _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_pt
 
 
 @triton.jit
+def _run_work(index, num_items, first_item, kv_head, q_ptr, k_ptr, v_ptr,
+              kv_indices_ptr, query_order_ptr, items_ptr, items_stride, partial_out_ptr,
+              partial_lse_ptr, pack_info_ptr, tail_indptr_ptr, tail_slots_ptr,
+              stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+              stride_pp, stride_ph, stride_lp, qk_scale_log2,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+              SMALL_M: tl.constexpr, SMALL_N: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr,
+              PACK_M: tl.constexpr):
+    """Work ``index`` of one KV head: item ``first_item + index`` of the ``num_items``, then
+    (``PACK_M`` > 0) tail pack ``index - num_items``.  (Packs spread evenly among the items, so
+    that memory-bound packs share SMs with compute-bound chunks, were no faster: H100, session
+    9, ``results/session9-h100/hold2-packs``.)"""
+    if PACK_M > 0 and index >= num_items:
+        _attend_tail_pack(index - num_items, kv_head, q_ptr, k_ptr, v_ptr, pack_info_ptr,
+                          tail_indptr_ptr, tail_slots_ptr, partial_out_ptr, partial_lse_ptr,
+                          stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                          stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D,
+                          GROUP, PACK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+    else:
+        _run_item(first_item + index, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr,
+                  query_order_ptr, items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
+                  stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                  stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
+                  SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+
+
+@triton.jit
 def _partial_attention_kernel(
     q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, items_ptr, items_stride, bounds_ptr,
-    work_counters_ptr, partial_out_ptr, partial_lse_ptr,
+    work_counters_ptr, partial_out_ptr, partial_lse_ptr, pack_info_ptr, tail_indptr_ptr,
+    tail_slots_ptr, num_items,
     stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
     stride_pp, stride_ph, stride_lp,
     qk_scale_log2,
@@ -162,6 +254,7 @@ def _partial_attention_kernel(
     SMALL_M: tl.constexpr, SMALL_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_FP32: tl.constexpr, IEEE_FP32: tl.constexpr, PERSISTENT: tl.constexpr,
     INTERLEAVE_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, PDL_TRIGGER: tl.constexpr,
+    PACK_M: tl.constexpr,
 ):
     # INTERLEAVE_HEADS: one order over (item, KV head) pairs, item-major, so the heaviest items
     # of every head start first (a head-major order starts the last head's heavy items last).
@@ -173,34 +266,40 @@ def _partial_attention_kernel(
         # order suffices: the counter is the only state programs share (items are read-only and
         # every partial slot has one writer), and acq_rel's fences cost about 5% (H200).
         first, end = tl.load(bounds_ptr), tl.load(bounds_ptr + 1)
+        work = end - first
+        if PACK_M > 0:  # tail packs after the items; their count lives in device memory too
+            work += tl.cdiv(tl.load(pack_info_ptr), tl.load(pack_info_ptr + 1))
         if INTERLEAVE_HEADS:  # one counter over the pairs
-            counter, total = work_counters_ptr, (end - first) * NUM_KV_HEADS
+            counter, total = work_counters_ptr, work * NUM_KV_HEADS
         else:  # one counter per KV head
-            counter, total = work_counters_ptr + tl.program_id(1), end - first
+            counter, total = work_counters_ptr + tl.program_id(1), work
         claim = tl.atomic_add(counter, 1, sem="relaxed")
         while claim < total:
             if INTERLEAVE_HEADS:
-                item, kv_head = first + claim // NUM_KV_HEADS, claim % NUM_KV_HEADS
+                index, kv_head = claim // NUM_KV_HEADS, claim % NUM_KV_HEADS
             else:
-                item, kv_head = first + claim, tl.program_id(1)
-            _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr,
-                      items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
-                      stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
-                      stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
-                      SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+                index, kv_head = claim, tl.program_id(1)
+            _run_work(index, end - first, first, kv_head, q_ptr, k_ptr, v_ptr,
+                      kv_indices_ptr, query_order_ptr, items_ptr, items_stride,
+                      partial_out_ptr, partial_lse_ptr, pack_info_ptr, tail_indptr_ptr,
+                      tail_slots_ptr, stride_qb, stride_qh, stride_kn, stride_kh, stride_vn,
+                      stride_vh, stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM,
+                      BLOCK_D, GROUP, SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32,
+                      PACK_M)
             claim = tl.atomic_add(counter, 1, sem="relaxed")
         if PDL_TRIGGER:
             gdc_launch_dependents()
     else:
         if INTERLEAVE_HEADS:
-            item, kv_head = tl.program_id(0) // NUM_KV_HEADS, tl.program_id(0) % NUM_KV_HEADS
+            index, kv_head = tl.program_id(0) // NUM_KV_HEADS, tl.program_id(0) % NUM_KV_HEADS
         else:
-            item, kv_head = tl.program_id(0), tl.program_id(1)
-        _run_item(item, kv_head, q_ptr, k_ptr, v_ptr, kv_indices_ptr,
-                  query_order_ptr, items_ptr, items_stride, partial_out_ptr, partial_lse_ptr,
+            index, kv_head = tl.program_id(0), tl.program_id(1)
+        _run_work(index, num_items, 0, kv_head, q_ptr, k_ptr, v_ptr,
+                  kv_indices_ptr, query_order_ptr, items_ptr, items_stride, partial_out_ptr,
+                  partial_lse_ptr, pack_info_ptr, tail_indptr_ptr, tail_slots_ptr,
                   stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
                   stride_pp, stride_ph, stride_lp, qk_scale_log2, HEAD_DIM, BLOCK_D, GROUP,
-                  SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32)
+                  SMALL_M, SMALL_N, BLOCK_M, BLOCK_N, DOT_FP32, IEEE_FP32, PACK_M)
         if PDL_TRIGGER:
             gdc_launch_dependents()
     # PDL_TRIGGER: this program's partials are written, so the merge (launched as a
@@ -215,7 +314,8 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
                              block_m: int, block_n: int, num_warps: int, num_stages: int,
                              item_bounds: torch.Tensor | None = None, num_programs: int = 0,
                              work_counters: torch.Tensor | None = None, max_registers: int = 0,
-                             interleave_heads: bool = False, pdl_trigger: bool = False):
+                             interleave_heads: bool = False, pdl_trigger: bool = False,
+                             tail_packs=None):
     """Run phase 1 over ``items`` (int32 [5, capacity], row-major: kv_begin, kv_len, q_begin,
     q_count, slot_base).  Items of at most ``small_m`` rows use ``small_m x small_n`` tiles, the
     others ``block_m x block_n``.  Writes ``partial_out``/``partial_lse``; no host sync.
@@ -231,6 +331,11 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
     1-D grid; persistent programs then share ``work_counters[0]``).
     ``pdl_trigger``: each program, once its partials are written, lets a programmatic dependent
     launch (the merge, ``launch_merge(pdl=True)``) be scheduled.
+    ``tail_packs``: optional ``(pack_info, tail_indptr, tail_slots, num_packs, pack_m)``, packs
+    of short private tails run after the items (``kernels.short_tails``): ``pack_info`` int32
+    [3 + T] on the device holds the number of packed tails T, tails per pack, the partial slot
+    of the first, and each packed tail's query; the packs' row tile is ``pack_m``; ``num_packs`` (host) sizes a
+    one-program-per-item grid (persistent grids read the count from ``pack_info``).
     Returns the compiled kernel (registers, spills, shared memory), or None for no items.
 
     Raises
@@ -246,19 +351,22 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
         raise ValueError("a persistent launch (item_bounds) needs work_counters: "
                          f"int32 [{num_kv_heads}] (one per KV head), zeroed before each launch")
     num_items = items.shape[1]
-    if num_items == 0 or (persistent and num_programs < 1):
+    pack_info, tail_indptr, tail_slots, num_packs, pack_m = \
+        tail_packs if tail_packs is not None else (items, items, items, 0, 0)
+    if (num_items == 0 and not num_packs and not (persistent and pack_m)) \
+            or (persistent and num_programs < 1):
         return None
     group = q.shape[1] // num_kv_heads
     interpret = interpreter_active()
     fp32_inputs = q.dtype == torch.float32
-    grid = (num_programs if persistent else num_items, num_kv_heads)
+    grid = (num_programs if persistent else num_items + num_packs, num_kv_heads)
     if interleave_heads:
         grid = (grid[0] * grid[1],)
     options = dict(maxnreg=max_registers) if max_registers and not interpret else {}
     return _partial_attention_kernel[grid](
         q, k_cache, v_cache, kv_indices, query_order, items, items.stride(0),
         item_bounds if persistent else items, work_counters if persistent else items,
-        partial_out, partial_lse,
+        partial_out, partial_lse, pack_info, tail_indptr, tail_slots, num_items,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1),
         partial_out.stride(0), partial_out.stride(1), partial_lse.stride(0),
@@ -269,6 +377,6 @@ def launch_partial_attention(q, k_cache, v_cache, kv_indices, query_order, items
         DOT_FP32=interpret and q.dtype != torch.float16,
         IEEE_FP32=fp32_inputs or (interpret and q.dtype == torch.bfloat16),
         PERSISTENT=persistent, INTERLEAVE_HEADS=interleave_heads, NUM_KV_HEADS=num_kv_heads,
-        PDL_TRIGGER=pdl_trigger and not interpret,
+        PDL_TRIGGER=pdl_trigger and not interpret, PACK_M=pack_m,
         num_warps=num_warps, num_stages=num_stages, **options,
     )

@@ -21,6 +21,58 @@ typedef int64_t i64;
 #define SMALL_M 16
 #define PLAN_HEADER 5
 
+/* --------------------------------------------------------------------------- short tails */
+
+static void copy_slots(void *to, i64 to_at, const void *from, i64 from_at, i64 count, i64 bytes)
+{
+    memcpy((char *)to + to_at * bytes, (const char *)from + from_at * bytes, count * bytes);
+}
+
+/* kernels/short_tails.py's take_short_tails on a host slot list of index_bytes-byte integers:
+ * every leaf of 1..max_tokens tokens that one query sits on leaves the forest.  Writes
+ * new_indptr [N+1] (those nodes emptied), tail_indptr [B+1] (by query), kept [total] and
+ * tails [total] (the slot lists, in kv_indices' type), tail_queries [B] (the queries with a
+ * tail, first info[1] of them) and info[0] (the longest tail).  Returns the number of tail
+ * tokens (0: none qualifies, and the outputs are unfinished), or -1 when out of memory. */
+i64 deft_short_tails(i64 n, i64 b, i64 max_tokens, i64 index_bytes, const i64 *parent,
+                     const i64 *indptr, const void *kv_indices, const i64 *query_node,
+                     i64 *new_indptr, i64 *tail_indptr, void *kept, void *tails,
+                     i64 *tail_queries, i64 *info)
+{
+    i64 *queries_at = calloc(n > 0 ? n : 1, sizeof(i64));  /* -1 once a node has a child */
+    if (!queries_at) return -1;
+    for (i64 q = 0; q < b; q++) queries_at[query_node[q]]++;
+    for (i64 i = 0; i < n; i++)
+        if (parent[i] >= 0) queries_at[parent[i]] = -1;
+    for (i64 i = 0; i < n; i++) {  /* 1 marks a short tail, 0 anything else */
+        i64 tokens = indptr[i + 1] - indptr[i];
+        queries_at[i] = queries_at[i] == 1 && tokens > 0 && tokens <= max_tokens;
+    }
+    tail_indptr[0] = 0;
+    info[0] = info[1] = 0;
+    for (i64 q = 0; q < b; q++) {
+        i64 node = query_node[q];
+        i64 length = queries_at[node] ? indptr[node + 1] - indptr[node] : 0;
+        tail_indptr[q + 1] = tail_indptr[q] + length;
+        info[0] = length > info[0] ? length : info[0];
+        if (length) tail_queries[info[1]++] = q;
+    }
+    i64 taken = tail_indptr[b];
+    if (taken > 0) {
+        new_indptr[0] = 0;
+        for (i64 i = 0; i < n; i++) {
+            i64 keep = queries_at[i] ? 0 : indptr[i + 1] - indptr[i];
+            copy_slots(kept, new_indptr[i], kv_indices, indptr[i], keep, index_bytes);
+            new_indptr[i + 1] = new_indptr[i] + keep;
+        }
+        for (i64 q = 0; q < b; q++)
+            copy_slots(tails, tail_indptr[q], kv_indices, indptr[query_node[q]],
+                       tail_indptr[q + 1] - tail_indptr[q], index_bytes);
+    }
+    free(queries_at);
+    return taken;
+}
+
 /* ---------------------------------------------------------------------------- validation */
 
 /* 0 when the forest satisfies the kernel contract, else the number of the first failed check

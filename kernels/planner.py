@@ -28,6 +28,7 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import LOG2E, launch_partial_attention
+from .short_tails import tails_per_pack
 from .tails import TailSlack, tail_spread
 from .config import SMALL_M, PlannerConfig, interpreter_active
 from .tree import TreeLayout, host_to_device
@@ -92,6 +93,8 @@ class TreeAttentionPlan:
     num_large_items: int = -1          # split_launches: items [0, n) have over 16 rows; else -1
     merge_pdl: bool = False            # the merge launch is a programmatic dependent of phase 1
     short_tails: Any = None            # (tail_indptr, tail_slots) on the device: kernels.short_tails
+    tail_packs: Any = None             # (pack_info, num_packs, pack_m, pack_slots): packed tails
+    pack_shape: tuple = ()             # (packed tails, tails per pack, first's partial slot)
 
     def stats(self) -> dict:
         """IO and shape of the plan (per layer; token counts are per KV head).
@@ -110,25 +113,6 @@ class TreeAttentionPlan:
         if callable(self._stats):
             self._stats = self._stats()
         return dict(self._stats)
-
-    def attach_short_tails(self, tails) -> None:
-        """Have the merge attend ``tails`` (a :class:`~deft_sglang.kernels.short_tails.
-        ShortTails`, taken out of the forest this plan was built from); ``stats()`` counts
-        their tokens as read once."""
-        indptr = host_to_device(tails.tail_indptr.astype(np.int32), self.device)
-        slots = (tails.tail_slots.to(device=self.device, dtype=torch.int32)
-                 if isinstance(tails.tail_slots, torch.Tensor)
-                 else host_to_device(tails.tail_slots.astype(np.int32), self.device))
-        self.short_tails = (indptr, slots)
-        base, count = self._stats, tails.num_tokens
-
-        def compute() -> dict:
-            stats = base() if callable(base) else dict(base)
-            for key in ("unique_kv_tokens", "loaded_kv_tokens", "per_request_kv_tokens"):
-                stats[key] += count
-            stats["merge_tail_tokens"] = count
-            return stats
-        self._stats = compute
 
     def extend_tails(self, new_slots: torch.Tensor, kv_indices: torch.Tensor | None = None,
                      items: torch.Tensor | None = None) -> None:
@@ -187,19 +171,23 @@ class TreeAttentionPlan:
         cfg, split = self.config, self.num_large_items
         launches = ([(self.items, self.block_m)] if split < 0 else
                     [(self.items[:, :split], self.block_m), (self.items[:, split:], SMALL_M)])
-        pdl = self.merge_pdl
-        for items, block_m in launches:  # SMALL_M alone: the 16-row-tile kernel only
+        pdl, packs = self.merge_pdl, self.tail_packs
+        for index, (items, block_m) in enumerate(launches):  # SMALL_M alone: small tile only
+            last = index == len(launches) - 1
             launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
                                      items, partial_out, partial_lse, sm_scale, SMALL_M,
                                      cfg.small_block_n, block_m, self.block_n, cfg.num_warps,
                                      cfg.num_stages, max_registers=cfg.max_registers,
-                                     interleave_heads=cfg.interleave_heads, pdl_trigger=pdl)
-        tail = None if self.short_tails is None else \
+                                     interleave_heads=cfg.interleave_heads, pdl_trigger=pdl,
+                                     tail_packs=(packs[0], *self.short_tails, *packs[1:3])
+                                     if packs is not None and last else None)
+        tail = None if self.short_tails is None or packs is not None else \
             (q, k_cache, v_cache, *self.short_tails, sm_scale * LOG2E)
         launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
                      *self.merge_shape, extra=extra,
                      stages=cfg.merge_stages_for(q.shape[0] * q.shape[1]),
-                     num_warps=cfg.merge_warps, pdl=pdl, tail=tail)
+                     num_warps=cfg.merge_warps, pdl=pdl, tail=tail,
+                     pack_slots=None if packs is None else packs[3])
         return out
 
 
@@ -232,9 +220,11 @@ def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None
 
 def _lazy_stats(layout: TreeLayout, items: np.ndarray, item_node: np.ndarray, group: int,
                 block_m: int, block_n: int, merge_shape, partial_counts: np.ndarray,
-                num_partials: int, partial_bytes: int):
+                num_partials: int, partial_bytes: int, short_tails=None, packed=False):
     """``plan.stats()``'s dict, computed on first use: a server plans every few steps and
-    reads the stats far less often (about 10% of a plan's host time)."""
+    reads the stats far less often (about 10% of a plan's host time).  Short tails taken out
+    of the forest count as read once."""
+    taken = short_tails.num_tokens if short_tails is not None else 0
     def compute() -> dict:
         rows = items[3] * group
         node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
@@ -252,30 +242,34 @@ def _lazy_stats(layout: TreeLayout, items: np.ndarray, item_node: np.ndarray, gr
             num_partials=num_partials,
             max_partials_per_query=int(partial_counts.max()) if partial_counts.size else 0,
             merge_shape=merge_shape,
-            unique_kv_tokens=int(np.sum(node_tokens[needed])),
-            loaded_kv_tokens=loaded,
+            unique_kv_tokens=int(np.sum(node_tokens[needed])) + taken,
+            loaded_kv_tokens=loaded + taken,
             l2_reread_kv_tokens=int(np.sum(items[1] * tiles_per_item)) - loaded,
             per_request_kv_tokens=int(np.sum(node_tokens
-                                             * (layout.query_end - layout.query_begin))),
+                                             * (layout.query_end - layout.query_begin))) + taken,
             partial_bytes=partial_bytes,
-            merge_tail_tokens=0,
+            merge_tail_tokens=0 if packed else taken,
+            packed_tail_tokens=taken if packed else 0,
             block_n=block_n,
             row_tiles=int(np.sum(tiles_per_item)),
         )
     return compute
 
 
-def _upload(layout: TreeLayout, kv_indices, merge_indptr, merge_slots, items, device):
-    """One host-to-device copy for all metadata; slot indices already on the device stay there
-    (planning never reads them, so the host need not wait for the GPU that produced them)."""
-    device_indices = isinstance(kv_indices, torch.Tensor)
-    host_indices = [] if device_indices else [kv_indices]
-    parts = host_indices + [layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
-    blob = host_to_device(np.concatenate(parts, dtype=np.int32, casting="same_kind"), device)
-    views = list(blob.split_with_sizes([part.size for part in parts]))
-    if device_indices:
-        views.insert(0, kv_indices.to(device=device, dtype=torch.int32).contiguous())
-    return views[0], views[1], views[2], views[3], views[4].view(5, -1)
+def _upload(parts: list, device) -> list:
+    """One host-to-device copy for all metadata: a view per part.  Parts that are tensors
+    (slot indices already on the device) stay there: planning never reads them, so the host
+    need not wait for the GPU that produced them."""
+    on_host = [part for part in parts if not isinstance(part, torch.Tensor)]
+    blob = host_to_device(np.concatenate(on_host, dtype=np.int32, casting="same_kind"), device)
+    views = iter(blob.split_with_sizes([part.size for part in on_host]))
+    return [part.to(device=device, dtype=torch.int32).contiguous()
+            if isinstance(part, torch.Tensor) else next(views) for part in parts]
+
+
+def pack_rows(config: PlannerConfig, group: int) -> int:
+    """Row tile of the tail packs: ``tail_pack_rows``, or one query's rows where more."""
+    return max(config.tail_pack_rows, 1 << (group - 1).bit_length())
 
 
 def resolve_block_n(config: PlannerConfig, head_dim: int) -> int:
@@ -285,9 +279,11 @@ def resolve_block_n(config: PlannerConfig, head_dim: int) -> int:
 
 def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                device: torch.device, config: PlannerConfig, kv_elem_bytes: int = 2,
-               tail_slack: int = 0) -> TreeAttentionPlan:
+               tail_slack: int = 0, short_tails=None, pack_tails: bool = False
+               ) -> TreeAttentionPlan:
     """Plan one decode step over ``layout``; see the module docstring (and ``kernels.tails``
-    for ``tail_slack``)."""
+    for ``tail_slack``).  ``short_tails``: the ``ShortTails`` taken out of the forest before
+    ``layout`` was built, attended in phase 1's packs (``pack_tails``) or by the merge."""
     group = num_qo_heads // num_kv_heads
     block_n = resolve_block_n(config, head_dim)
     num_sms, l2_bytes = _device_limits(device, config)
@@ -297,14 +293,32 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     shape = (group, block_n, num_sms, num_kv_heads, l2_bytes, kv_bytes_per_token)
     (items, item_node, item_last, merge_indptr, merge_slots, partial_counts, most_partials,
      most_rows, num_large) = plan_items(layout, shape, config, spread)
+    num_partials, pack_shape, tail_parts = int(merge_slots.shape[0]), (), []
+    if short_tails is not None:
+        if pack_tails:  # their partials after the plan's own
+            pack_queries = short_tails.queries
+            pack_shape = (pack_queries.shape[0], tails_per_pack(
+                pack_queries.shape[0], num_kv_heads, group, num_sms, config.waves,
+                config.tail_pack_rows), num_partials)
+            partial_counts = partial_counts.copy()
+            partial_counts[pack_queries] += 1
+            num_partials += pack_queries.shape[0]
+        tail_parts = short_tails.metadata(pack_shape, layout.num_queries)
     block_m = config.block_m
     kv_source = layout.kv_indices if spread is None else spread.apply(layout.kv_indices, device)
 
-    kv_indices, query_order, d_indptr, d_slots, d_items = _upload(
-        layout, kv_source, merge_indptr, merge_slots, items, device)
+    kv_indices, query_order, d_indptr, d_slots, d_items, *tail_views = _upload(
+        [kv_source, layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
+        + tail_parts, device)
+    d_items = d_items.view(5, -1)
     tails = spread.tails(item_node, item_last, items[1], device) if spread else None
+    short, packs = None, None
+    if tail_views:  # (tail_indptr, tail_slots[, pack_info, pack_slots]): kernels.short_tails
+        short = tuple(tail_views[:2])
+        if pack_shape:
+            packs = (tail_views[2], -(-pack_shape[0] // pack_shape[1]), pack_rows(config, group),
+                     tail_views[3])
 
-    num_partials = int(merge_slots.shape[0])
     merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim,
                                      max(most_partials, 1), num_sms, config.merge_block_h)
     if config.fixed_chunk_tokens:  # the same tiles, so the same summation order, in any batch
@@ -312,7 +326,7 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     partial_bytes = num_partials * num_qo_heads * (
         head_dim * (4 if config.fp32_partials else kv_elem_bytes) + 4)
     stats = _lazy_stats(layout, items, item_node, group, block_m, block_n, merge_shape,
-                        partial_counts, num_partials, partial_bytes)
+                        partial_counts, num_partials, partial_bytes, short_tails, bool(pack_shape))
     # Without large items the large-tile branch is compiled out (fewer registers); batch-invariant
     # plans keep one kernel variant whatever the batch holds.
     needs_large = config.fixed_chunk_tokens or most_rows > SMALL_M
@@ -321,4 +335,5 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
                              block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n,
                              merge_shape, config, stats, tails=tails,
                              num_large_items=num_large if config.split_launches else -1,
-                             merge_pdl=config.merge_pdl and _supports_pdl(device))
+                             merge_pdl=config.merge_pdl and _supports_pdl(device),
+                             short_tails=short, tail_packs=packs, pack_shape=pack_shape)

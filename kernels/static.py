@@ -7,8 +7,9 @@ persistent kernel whose work-list bounds are read from device memory; its progra
 list through per-KV-head atomic counters, heaviest item first, so load balance matches the
 one-program-per-item grid of the eager path.  ``run`` zeroes the counters before each phase-1
 launch (a memset, captured in the graph with the launch).  The merge runs one program per batch
-row (and attends the query's short private tail, if the plan took any: ``kernels.short_tails``),
-and rows past the plan's queries own no partial and come out as zeros.  It is a plain
+row (and attends the query's short private tail, if the plan took any and did not pack them:
+``kernels.short_tails``; packs of tails run in the launch whose kernel has their row tile), and
+rows past the plan's queries own no partial and come out as zeros.  It is a plain
 launch whatever ``PlannerConfig.merge_pdl`` says: a graph already leaves little gap between
 kernels, and as a programmatic dependent inside the graph the merge took 1.009x the time per
 layer (geomean of 14 shapes, none faster; H100, ``results/session8-h100/hold4``).
@@ -38,7 +39,7 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import LOG2E, launch_partial_attention
-from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, resolve_block_n
+from .planner import SMALL_M, PlannerConfig, TreeAttentionPlan, pack_rows, resolve_block_n
 from .tails import DeviceTails
 
 
@@ -96,6 +97,13 @@ class StaticTreeAttention:
         # short private tails the merge attends (kernels.short_tails); none: all rows empty
         self.tail_indptr = torch.zeros(max_queries + 1, **int32)
         self.tail_slots = torch.zeros(max_kv_tokens, **int32)
+        # ... or that phase 1 attends in packs (key ranges in pack_indptr, slots in tail_slots),
+        # in the launch whose kernel has the packs' row tile; pack_info[0] = 0: no packs
+        self.pack_m = pack_rows(config, num_qo_heads // num_kv_heads) if config.packs_tails else 0
+        self.pack_info = torch.zeros(3 + max_queries, **int32)
+        self.pack_info[1] = 1
+        self.pack_indptr = torch.zeros(max_queries + 1, **int32)
+        self.pack_slots = torch.full((max_queries,), -1, **int32)  # -1: no packed tail
         partial_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
         self.partial_out = torch.empty(max_partials, num_qo_heads, head_dim, dtype=partial_dtype,
                                        device=self.device)
@@ -118,7 +126,8 @@ class StaticTreeAttention:
                 and plan.kv_indices.shape[0] <= cap["kv_tokens"]
                 and plan.num_partials <= cap["partials"]
                 and (plan.short_tails is None
-                     or plan.short_tails[1].shape[0] <= cap["kv_tokens"]))
+                     or plan.short_tails[1].shape[0] <= cap["kv_tokens"])
+                and (plan.tail_packs is None or plan.tail_packs[2] == self.pack_m))
 
     def load(self, plan: TreeAttentionPlan) -> None:
         """Copy ``plan``'s work list into the fixed buffers (device copies, no host sync)."""
@@ -136,15 +145,22 @@ class StaticTreeAttention:
         self.kv_indices[:plan.kv_indices.shape[0]].copy_(plan.kv_indices)
         self.query_order[:num_queries].copy_(plan.query_order)
         self.merge_indptr[:num_queries + 1].copy_(plan.merge_indptr)
-        self.merge_indptr[num_queries + 1:].fill_(plan.num_partials)  # padded rows: no partial
-        self.merge_slots[:plan.num_partials].copy_(plan.merge_slots)
-        if plan.short_tails is None:
-            self.tail_indptr.zero_()
-        else:
+        listed = plan.merge_slots.shape[0]  # (packed tails' partials are not listed)
+        self.merge_indptr[num_queries + 1:].fill_(listed)  # padded rows: no partial
+        self.merge_slots[:listed].copy_(plan.merge_slots)
+        self.tail_indptr.zero_()
+        self.pack_info[0] = 0
+        self.pack_slots.fill_(-1)
+        if plan.short_tails is not None:
             indptr, slots = plan.short_tails
-            self.tail_indptr[:num_queries + 1].copy_(indptr)
-            self.tail_indptr[num_queries + 1:].copy_(indptr[-1])  # padded rows: no tail
+            target = self.tail_indptr if plan.tail_packs is None else self.pack_indptr
+            target[:num_queries + 1].copy_(indptr)
+            target[num_queries + 1:].copy_(indptr[-1])  # padded rows: no tail
             self.tail_slots[:slots.shape[0]].copy_(slots)
+            if plan.tail_packs is not None:
+                pack_info, pack_slots = plan.tail_packs[0], plan.tail_packs[3]
+                self.pack_info[:pack_info.shape[0]].copy_(pack_info)
+                self.pack_slots[:num_queries].copy_(pack_slots)
         if self.tails is not None:
             self.tails.load(plan.tails, num_queries)
 
@@ -153,6 +169,8 @@ class StaticTreeAttention:
         self.item_bounds.zero_()
         self.merge_indptr.zero_()
         self.tail_indptr.zero_()
+        self.pack_info[0] = 0
+        self.pack_slots.fill_(-1)
         if self.tails is not None:
             self.tails.load(None, 0)
 
@@ -178,6 +196,8 @@ class StaticTreeAttention:
         sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
         block_m, block_n, small_n, warps, stages, max_registers = self.tiles
         self.work_counters.zero_()  # the last run left them past the end of its list
+        packs = (self.pack_info, self.pack_indptr, self.tail_slots, 0, self.pack_m)
+        pack_launch = 0 if self.pack_m > SMALL_M else 1  # the kernel with the packs' tile
         for launch, tile_m in enumerate((block_m, SMALL_M)):  # SMALL_M alone: small tile only
             launch_partial_attention(q, k_cache, v_cache, self.kv_indices, self.query_order,
                                      self.items, self.partial_out, self.partial_lse, sm_scale,
@@ -186,11 +206,14 @@ class StaticTreeAttention:
                                      num_programs=self.num_programs,
                                      work_counters=self.work_counters[launch],
                                      max_registers=max_registers,
-                                     interleave_heads=self.config.interleave_heads)
+                                     interleave_heads=self.config.interleave_heads,
+                                     tail_packs=packs if self.pack_m and launch == pack_launch
+                                     else None)
         launch_merge(self.partial_out, self.partial_lse, self.merge_indptr, self.merge_slots,
                      out, *self.merge_shape, extra=extra,
                      stages=self.config.merge_stages_for(q.shape[0] * q.shape[1]),
                      num_warps=self.config.merge_warps,
                      tail=(q, k_cache, v_cache, self.tail_indptr, self.tail_slots,
-                           sm_scale * LOG2E))
+                           sm_scale * LOG2E),
+                     pack_slots=self.pack_slots if self.pack_m else None)
         return out

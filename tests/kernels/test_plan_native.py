@@ -14,6 +14,7 @@ import torch
 
 from deft_sglang.kernels import PlannerConfig, plan_tree_attention
 from deft_sglang.kernels import native
+from deft_sglang.kernels.short_tails import take_short_tails
 from deft_sglang.kernels.tree import build_layout, validate_tree
 
 from .trees import chain, make_forest, random_forest, star
@@ -151,3 +152,27 @@ def test_without_a_compiler_planning_falls_back_to_numpy(monkeypatch, tmp_path, 
     assert "numpy" in caplog.text
     plan = _plan(star(30, 4, 5), (8, 2), True)  # config.native on, but no core: numpy plans
     assert plan.stats()["unique_kv_tokens"] == 30 + 4 * 5
+
+
+@needs_native
+@pytest.mark.parametrize("max_tokens", [1, 8, 64])
+def test_short_tails_are_taken_alike(max_tokens):
+    rng = random.Random(f"tails-{max_tokens}")
+    forests = [random_forest(rng, max_nodes=30, max_tokens=24, max_queries=20)
+               for _ in range(60)] + [star(50, 20, 12), chain(3, 5)]
+    taken = 0
+    for forest in forests:
+        arrays = [np.asarray(a, dtype=np.int64) for a in (forest.parent, forest.indptr,
+                                                         forest.indices, forest.query_node)]
+        for dtype in (np.int32, np.int64):
+            args = (arrays[0], arrays[1], arrays[2].astype(dtype), arrays[3], max_tokens)
+            ours, numpy_path = (take_short_tails(*args, native=flag) for flag in (True, False))
+            assert (ours is None) == (numpy_path is None)
+            if ours is None:
+                continue
+            taken += ours.num_tokens
+            assert ours.longest == numpy_path.longest
+            for name in ("kv_indptr", "kv_indices", "tail_indptr", "tail_slots", "queries"):
+                mine, theirs = getattr(ours, name), getattr(numpy_path, name)
+                assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), name
+    assert taken > 0

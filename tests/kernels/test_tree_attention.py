@@ -118,9 +118,10 @@ def test_unvalidated_device_indices_are_used_in_place():
     forest = SHAPES["deep_star"]
     indices = torch.tensor(forest.indices, dtype=torch.int32, device=DEVICE)
     args = (forest.parent, forest.indptr, indices, forest.query_node)
-    # (with short tails taken into the merge the forest's indices are gathered anew instead)
+    # (with short tails taken out of the forest its indices are gathered anew instead)
     plan = plan_tree_attention(*args, num_qo_heads=4, num_kv_heads=2, head_dim=32, device=DEVICE,
-                               validate=False, config=PlannerConfig(merge_tail_tokens=0))
+                               validate=False,
+                               config=PlannerConfig(merge_tail_tokens=0, pack_tail_tokens=0))
     q, k, v = random_qkv(forest, len(forest.query_node), 4, 2, 32, torch.float32)
     assert plan.kv_indices.data_ptr() == indices.data_ptr()
     ref = tree_attention_reference(q, k, v, forest.parent, forest.indptr, forest.indices,
