@@ -80,6 +80,23 @@ def online_softmax_block(q, k, v, allowed, m_i, l_i, acc, qk_scale_log2,
 
 
 @triton.jit
+def gather_kv_block(k_ptr, v_ptr, slots_ptr, cols, mask_n, kv_head, offs_d, mask_d, stride_kn,
+                    stride_kh, stride_vn, stride_vh, DOT_FP32: tl.constexpr):
+    """K and V ([BLOCK_N, BLOCK_D]) of one KV head at the pool slots ``slots_ptr[cols]``
+    (zeros where ``mask_n`` is off), in fp32 when ``DOT_FP32``."""
+    slots = tl.load(slots_ptr + cols, mask=mask_n, other=0).to(tl.int64)
+    kv_mask = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_ptr + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    if DOT_FP32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return k, v
+
+
+@triton.jit
 def _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_out_ptr,
                  partial_lse_ptr, kv_head, kv_begin, kv_len, q_begin, num_rows, slot_base,
                  stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
@@ -108,15 +125,9 @@ def _attend_rows(q_ptr, k_ptr, v_ptr, kv_indices_ptr, query_order_ptr, partial_o
         for kv_start in range(0, kv_len, BLOCK_N):
             cols = kv_start + offs_n
             mask_n = cols < kv_len
-            slots = tl.load(kv_indices_ptr + kv_begin + cols, mask=mask_n, other=0).to(tl.int64)
-            kv_mask = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(k_ptr + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            v = tl.load(v_ptr + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            if DOT_FP32:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
+            k, v = gather_kv_block(k_ptr, v_ptr, kv_indices_ptr + kv_begin, cols, mask_n,
+                                   kv_head, offs_d, mask_d, stride_kn, stride_kh, stride_vn,
+                                   stride_vh, DOT_FP32)
             m_i, l_i, acc = online_softmax_block(q, k, v, mask_n[None, :], m_i, l_i, acc,
                                                  qk_scale_log2, IEEE_FP32, False)
         out = acc / l_i[:, None]
@@ -164,15 +175,8 @@ def _attend_tail_pack(pack, kv_head, q_ptr, k_ptr, v_ptr, pack_info_ptr, tail_in
     for kv_start in range(first, last, BLOCK_N):
         cols = kv_start + offs_n
         mask_n = cols < last
-        slots = tl.load(tail_slots_ptr + cols, mask=mask_n, other=0).to(tl.int64)
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_ptr + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = gather_kv_block(k_ptr, v_ptr, tail_slots_ptr, cols, mask_n, kv_head, offs_d,
+                               mask_d, stride_kn, stride_kh, stride_vn, stride_vh, DOT_FP32)
         own = (cols[None, :] >= key_begin[:, None]) & (cols[None, :] < key_end[:, None])
         m_i, l_i, acc = online_softmax_block(q, k, v, own, m_i, l_i, acc, qk_scale_log2,
                                              IEEE_FP32, True)
