@@ -2,6 +2,9 @@
 
 Planning (host side: the C core of ``kernels.native``, or numpy without a C compiler; the
 same plan either way):
+0. Short private tails (a leaf holding one query's KV alone, up to 64 tokens) leave the forest
+   first (``kernels.short_tails``): the merge attends those of up to 8 tokens, phase 1 packs
+   the others, several queries' tails to a tile.
 1. KV-guided grouping (``tree.build_layout``): the queries below each node form one contiguous
    range of the sorted query order, so a node's KV is applied to all of them at once.
 2. Flattened tree KV splitting: every node's KV is cut into chunks sized by a cost model, so
@@ -14,7 +17,7 @@ same plan either way):
    ``stats()`` counts the further passes as L2 re-reads.
 
 Running (device side, no host work): phase 1 (``partial_attention``, one launch over all work
-items, heaviest first), then phase 2 (``merge``) per query.
+items, heaviest first, then the tail packs), then phase 2 (``merge``) per query.
 """
 from __future__ import annotations
 
