@@ -67,8 +67,8 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
              if config.short_tail_bound and not tail_slack else None)
     if tails is not None:  # the merge or packs attend them (kernels.short_tails)
         arrays = [arrays[0], tails.kv_indptr, tails.kv_indices, arrays[3]]
-    packed = (tails is not None and config.packs_tails
-              and tails.longest > config.merge_tail_tokens)
+    # (tails longer than the merge's bound are taken only when the config packs them)
+    packed = tails is not None and tails.longest > config.merge_tail_tokens
     layout = build_layout(*arrays, native=config.native)
     return build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
                       head_dim=head_dim, device=device, config=config,

@@ -226,9 +226,14 @@ def _lazy_stats(layout: TreeLayout, items: np.ndarray, item_node: np.ndarray, gr
                 num_partials: int, partial_bytes: int, short_tails=None, packed=False):
     """``plan.stats()``'s dict, computed on first use: a server plans every few steps and
     reads the stats far less often (about 10% of a plan's host time).  Short tails taken out
-    of the forest count as read once."""
+    of the forest count as read once; a packed one is one more partial of its query."""
     taken = short_tails.num_tokens if short_tails is not None else 0
+
     def compute() -> dict:
+        counts = partial_counts
+        if packed:
+            counts = partial_counts.copy()
+            counts[short_tails.queries] += 1
         rows = items[3] * group
         node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
         needed = node_queries > 0
@@ -243,7 +248,7 @@ def _lazy_stats(layout: TreeLayout, items: np.ndarray, item_node: np.ndarray, gr
             num_groups=int(np.sum(needed & (node_tokens > 0))),
             num_work_items=int(items.shape[1]),
             num_partials=num_partials,
-            max_partials_per_query=int(partial_counts.max()) if partial_counts.size else 0,
+            max_partials_per_query=int(counts.max()) if counts.size else 0,
             merge_shape=merge_shape,
             unique_kv_tokens=int(np.sum(node_tokens[needed])) + taken,
             loaded_kv_tokens=loaded + taken,
@@ -303,8 +308,6 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
             pack_shape = (pack_queries.shape[0], tails_per_pack(
                 pack_queries.shape[0], num_kv_heads, group, num_sms, config.waves,
                 config.tail_pack_rows), num_partials)
-            partial_counts = partial_counts.copy()
-            partial_counts[pack_queries] += 1
             num_partials += pack_queries.shape[0]
         tail_parts = short_tails.metadata(pack_shape, layout.num_queries)
     block_m = config.block_m

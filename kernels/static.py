@@ -116,6 +116,12 @@ class StaticTreeAttention:
                                               sms, config.merge_block_h)
         self.tails = DeviceTails(tail_steps, max_queries, self.device) if tail_steps > 0 else None
 
+    def _clear_tails(self) -> None:
+        """No short tail for any row: none attended by the merge, no pack."""
+        self.tail_indptr.zero_()
+        self.pack_info[0] = 0
+        self.pack_slots.fill_(-1)
+
     def fits(self, plan: TreeAttentionPlan) -> bool:
         """Whether ``plan`` fits the buffers (and has this workspace's attention shape)."""
         cap = self.capacity
@@ -148,9 +154,7 @@ class StaticTreeAttention:
         listed = plan.merge_slots.shape[0]  # (packed tails' partials are not listed)
         self.merge_indptr[num_queries + 1:].fill_(listed)  # padded rows: no partial
         self.merge_slots[:listed].copy_(plan.merge_slots)
-        self.tail_indptr.zero_()
-        self.pack_info[0] = 0
-        self.pack_slots.fill_(-1)
+        self._clear_tails()
         if plan.short_tails is not None:
             indptr, slots = plan.short_tails
             target = self.tail_indptr if plan.tail_packs is None else self.pack_indptr
@@ -168,9 +172,7 @@ class StaticTreeAttention:
         """Load a plan with no work items: every output row comes out as zeros."""
         self.item_bounds.zero_()
         self.merge_indptr.zero_()
-        self.tail_indptr.zero_()
-        self.pack_info[0] = 0
-        self.pack_slots.fill_(-1)
+        self._clear_tails()
         if self.tails is not None:
             self.tails.load(None, 0)
 
