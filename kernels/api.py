@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .planner import PlannerConfig, TreeAttentionPlan, build_plan
+from . import native as native_core
+from .planner import PlannerConfig, TreeAttentionPlan, build_plan, plan_step_native
 from .short_tails import take_short_tails
-from .tree import build_layout, validate_tree
+from .tree import as_int_array, build_layout, validate_tree
 
 DEFAULT_CONFIG = PlannerConfig()
 
@@ -52,6 +53,14 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     config = config or DEFAULT_CONFIG  # building one costs ~3 µs, a few % of a plan
+    heads = dict(num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                 device=device, config=config, kv_elem_bytes=kv_elem_bytes)
+    if (config.native and not tail_slack and native_core.library() is not None
+            and (validate or not isinstance(node_kv_indices, torch.Tensor))):
+        plan = _plan_in_one_call(node_parent, node_kv_indptr, node_kv_indices, query_node,
+                                 num_slots, validate, heads)
+        if plan is not None:
+            return plan
     if validate:
         arrays = validate_tree(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots,
                                native=config.native)
@@ -70,10 +79,27 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     # (tails longer than the merge's bound are taken only when the config packs them)
     packed = tails is not None and tails.longest > config.merge_tail_tokens
     layout = build_layout(*arrays, native=config.native)
-    return build_plan(layout, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
-                      head_dim=head_dim, device=device, config=config,
-                      kv_elem_bytes=kv_elem_bytes, tail_slack=int(tail_slack),
-                      short_tails=tails, pack_tails=packed)
+    return build_plan(layout, **heads, tail_slack=int(tail_slack), short_tails=tails,
+                      pack_tails=packed)
+
+
+def _plan_in_one_call(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots,
+                      validate: bool, heads: dict):
+    """The plan from the C core's one call (``planner.plan_step_native``), or None where the
+    step-by-step path must plan (the arrays' lengths disagree: it names the fault)."""
+    parent = np.ascontiguousarray(as_int_array("node_parent", node_parent))
+    kv_indptr = np.ascontiguousarray(as_int_array("node_kv_indptr", node_kv_indptr))
+    if kv_indptr.shape[0] != parent.shape[0] + 1:
+        return None
+    kv_indices = np.ascontiguousarray(as_int_array("node_kv_indices", node_kv_indices,
+                                                    keep_int32=True))
+    query_node = np.ascontiguousarray(as_int_array("query_node", query_node))
+    plan = plan_step_native(parent, kv_indptr, kv_indices, query_node, num_slots=num_slots,
+                            validate=validate, **heads)
+    if isinstance(plan, int):  # a failed contract check: numpy names the offending value
+        validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots)
+        raise ValueError(f"the KV forest fails the kernel contract (check {plan})")
+    return plan
 
 
 def _check_heads(num_qo_heads: int, num_kv_heads: int, head_dim: int) -> None:

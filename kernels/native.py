@@ -2,7 +2,7 @@
 
 Planning a decode step is a few hundred small array operations; in numpy each costs a call's
 overhead (about 1 µs), which put a 256-query ToT step at 0.3-0.6 ms of host time.  The C core
-does the same work in four calls.  It is built with the system C compiler (``$CC``, else
+does the same work in one call (``plan_step.c``; its parts are callable one by one too).  It is built with the system C compiler (``$CC``, else
 ``cc``), which Triton needs on a GPU host anyway, into ``$DEFT_CACHE_DIR`` (default
 ``~/.cache/deft_sglang``), once per source version.  Without a compiler, or with
 ``PlannerConfig(native=False)``, the numpy path plans; both give the same plan bit for bit.
@@ -24,13 +24,15 @@ from pathlib import Path
 import numpy as np
 
 logger = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("plan_native.c")
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("plan_native.c", "plan_step.c", "plan_native.h"))
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
     "deft_validate": (_I64, [_I64, _I64, _I64, _I64, _I64] + [_PTR] * 4),
     "deft_layout": (_I64, [_I64, _I64, _PTR, _PTR, _PTR]),
     "deft_plan": (_I64, [_I64, _I64] + [_PTR] * 8 + [_I64]),
     "deft_short_tails": (_I64, [_I64] * 4 + [_PTR] * 10),
+    "deft_plan_step": (_I64, [_I64] * 6 + [_PTR] * 7 + [_I64, _PTR, _I64]),
 }
 _library = None  # the loaded library, False once loading failed
 
@@ -47,8 +49,9 @@ def _compile(target: Path) -> None:
     # Build beside the target, then rename: concurrent processes never load a partial file.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(built), str(SOURCE),
-                        "-lm"], check=True, capture_output=True, timeout=120)
+        sources = [str(path) for path in SOURCES if path.suffix == ".c"]
+        subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(built), *sources, "-lm"],
+                       check=True, capture_output=True, timeout=120)
         os.replace(built, target)
 
 
@@ -56,7 +59,7 @@ def library():
     """The loaded C core, or None when it cannot be built here (logged once)."""
     global _library
     if _library is None:
-        digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+        digest = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:16]
         target = _cache_dir() / f"plan_native-{digest}-{platform.machine()}.so"
         try:
             if not target.exists():
@@ -121,7 +124,7 @@ def short_tails(parent, kv_indptr, kv_indices, query_node, max_tokens: int):
 
 
 class Knobs:
-    """The planner's knobs as the C core reads them (``plan_native.c``'s ``K_*``/``F_*``
+    """The planner's knobs as the C core reads them (``plan_native.h``'s ``K_*``/``F_*``
     order), kept with their addresses: built once per configuration and attention shape."""
 
     def __init__(self, config, group, block_n, num_sms, num_kv_heads, l2_bytes,
@@ -129,11 +132,29 @@ class Knobs:
         self.ints = np.array([group, block_n, config.block_m, num_sms, num_kv_heads, l2_bytes,
                               kv_bytes_per_token, config.reread_min_queries,
                               config.reread_group_rows, config.reread_needs_node_in_l2,
-                              config.fixed_chunk_tokens, config.split_launches], dtype=np.int64)
+                              config.fixed_chunk_tokens, config.split_launches,
+                              config.short_tail_bound, config.merge_tail_tokens,
+                              config.tail_pack_rows], dtype=np.int64)
         self.floats = np.array([config.waves, config.min_chunk_partial_ratio,
                                 config.max_floor_over_want], dtype=np.float64)
         self.addresses = (_ptr(self.ints), _ptr(self.floats))
         self.out_length = 0  # the last plan's output length: the next one's first guess
+        self.step_lengths = (0, 0)  # the last plan_step's (host, blob) lengths: the same
+
+
+_KNOBS: dict = {}
+
+
+def knobs_for(config, shape: tuple) -> Knobs:
+    """The cached :class:`Knobs` of ``config`` and ``shape`` = (GQA group, block_n, SMs, KV
+    heads, L2 bytes, KV bytes per token)."""
+    key = (config, shape)
+    knobs = _KNOBS.get(key)
+    if knobs is None:
+        if len(_KNOBS) > 64:  # a long-lived process that saw many shapes
+            _KNOBS.clear()
+        knobs = _KNOBS[key] = Knobs(config, *shape)
+    return knobs
 
 
 PLAN_HEADER = 5  # plan_native.c's PLAN_HEADER
@@ -162,3 +183,70 @@ def plan(knobs: Knobs, kv_indptr, query_begin, query_end, query_order, shift):
     return (out[PLAN_HEADER:o - 2 * m].reshape(5, m), out[o - 2 * m:o - m], out[o - m:o],
             out[o:o + b + 1], out[o + b + 1:o + b + 1 + p],
             out[o + b + 1 + p:o + 2 * b + 1 + p], most_partials, most_rows, num_large)
+
+
+STEP_HEADER, STEP_GROW = 16, -2  # plan_step.c's
+(H_ITEMS, H_PARTIALS, H_MOST_PARTIALS, H_MOST_ROWS, H_LARGE, H_TAKEN, H_LONGEST, H_TAILS,
+ H_PER_PACK, H_BLOB, H_HOST) = range(11)
+
+
+class PlannedStep:
+    """``plan_step``'s result: the host arrays (int64 numpy views of one buffer) and the upload
+    buffer ``blob`` (int32, its parts in ``blob_sizes`` order); see ``plan_step.c``."""
+
+    def __init__(self, host: np.ndarray, blob, n: int, b: int, total: int):
+        header = host[:STEP_HEADER].tolist()
+        self.header = header
+        m, p, t = header[H_ITEMS], header[H_PARTIALS], header[H_TAILS]
+        self.taken, self.longest, self.num_tails = header[H_TAKEN], header[H_LONGEST], t
+        self.per_pack = header[H_PER_PACK]
+        at = STEP_HEADER
+        self.query_order, self.query_begin, self.query_end = (
+            host[at:at + b], host[at + b:at + b + n], host[at + b + n:at + b + 2 * n])
+        at += b + 2 * n
+        self.kept_indptr, self.tail_indptr = host[at:at + n + 1], host[at + n + 1:at + n + b + 2]
+        at += n + b + 2
+        self.tail_queries = host[at:at + t]
+        o = at + b + PLAN_HEADER
+        self.items = host[o:o + 5 * m].reshape(5, m)
+        self.item_node = host[o + 5 * m:o + 6 * m]
+        o += 7 * m
+        self.partial_counts = host[o + b + 1 + p:o + 2 * b + 1 + p]
+        self.blob = blob[:header[H_BLOB]]
+        self.blob_sizes = [total - self.taken, b, b + 1, p, 5 * m]
+        if self.taken:
+            self.blob_sizes += [b + 1, self.taken]
+            if self.per_pack:
+                self.blob_sizes += [3 + t, b]
+
+
+def plan_step(knobs: Knobs, parent, kv_indptr, kv_indices, query_node, num_slots, validate: bool,
+              new_blob) -> "PlannedStep | int":
+    """A decode step's whole plan in one call (``plan_step.c``).  ``parent``, ``kv_indptr``,
+    ``query_node``: contiguous int64; ``kv_indices``: contiguous int32 or int64;
+    ``new_blob(length)``: an int32 tensor of at least ``length`` elements for the upload
+    (pinned host memory for a GPU plan).  Returns the :class:`PlannedStep`, or the number of
+    the contract check the forest failed."""
+    n, b, total = parent.shape[0], query_node.shape[0], kv_indices.shape[0]
+    host_length, blob_length = knobs.step_lengths
+    host = np.empty(max(host_length, STEP_HEADER + 5 * b + 3 * n + 3 + PLAN_HEADER), np.int64)
+    blob = new_blob(max(blob_length, total + 5 * b + 8))
+    pointers = (_ptr(parent), _ptr(kv_indptr), _ptr(kv_indices), _ptr(query_node))
+    for _ in range(3):  # a bigger plan than the last: once more, with room enough
+        status = library().deft_plan_step(
+            n, b, total, -1 if num_slots is None else num_slots, kv_indices.itemsize,
+            int(validate), *knobs.addresses, *pointers, blob.data_ptr(), blob.numel(),
+            _ptr(host), host.shape[0])
+        if status != STEP_GROW:
+            break
+        host_length, blob_length = int(host[H_HOST]), int(host[H_BLOB])
+        knobs.step_lengths = (host_length + host_length // 4, blob_length + blob_length // 4)
+        if host_length > host.shape[0]:
+            host = np.empty(knobs.step_lengths[0], np.int64)
+        if blob_length > blob.numel():
+            blob = new_blob(knobs.step_lengths[1])
+    if status < 0:
+        raise MemoryError("the C planner core could not allocate its scratch")
+    if status > 0:
+        return status
+    return PlannedStep(host, blob, n, b, total)

@@ -12,14 +12,10 @@
  *   items       5 x [I]    kv_begin, kv_len, q_begin, q_count, slot_base (final order)
  */
 #include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef int64_t i64;
-
-#define SMALL_M 16
-#define PLAN_HEADER 5
+#include "plan_native.h"
 
 /* --------------------------------------------------------------------------- short tails */
 
@@ -28,16 +24,13 @@ static void copy_slots(void *to, i64 to_at, const void *from, i64 from_at, i64 c
     memcpy((char *)to + to_at * bytes, (const char *)from + from_at * bytes, count * bytes);
 }
 
-/* kernels/short_tails.py's take_short_tails on a host slot list of index_bytes-byte integers:
- * every leaf of 1..max_tokens tokens that one query sits on leaves the forest.  Writes
- * new_indptr [N+1] (those nodes emptied), tail_indptr [B+1] (by query), kept [total] and
- * tails [total] (the slot lists, in kv_indices' type), tail_queries [B] (the queries with a
- * tail, first info[1] of them) and info[0] (the longest tail).  Returns the number of tail
- * tokens (0: none qualifies, and the outputs are unfinished), or -1 when out of memory. */
-i64 deft_short_tails(i64 n, i64 b, i64 max_tokens, i64 index_bytes, const i64 *parent,
-                     const i64 *indptr, const void *kv_indices, const i64 *query_node,
-                     i64 *new_indptr, i64 *tail_indptr, void *kept, void *tails,
-                     i64 *tail_queries, i64 *info)
+/* Finds every leaf of 1..max_tokens tokens that one query sits on (the slots are not copied):
+ * writes tail_indptr [B+1] (by query), tail_queries (the queries with a tail, info[1] of them),
+ * info[0] (the longest tail) and, when some tail is found, new_indptr [N+1] (those nodes
+ * emptied).  Returns the number of tail tokens, or -1 when out of memory. */
+i64 deft_find_short_tails(i64 n, i64 b, i64 max_tokens, const i64 *parent, const i64 *indptr,
+                          const i64 *query_node, i64 *new_indptr, i64 *tail_indptr,
+                          i64 *tail_queries, i64 *info)
 {
     i64 *queries_at = calloc(n > 0 ? n : 1, sizeof(i64));  /* -1 once a node has a child */
     if (!queries_at) return -1;
@@ -60,16 +53,31 @@ i64 deft_short_tails(i64 n, i64 b, i64 max_tokens, i64 index_bytes, const i64 *p
     i64 taken = tail_indptr[b];
     if (taken > 0) {
         new_indptr[0] = 0;
-        for (i64 i = 0; i < n; i++) {
-            i64 keep = queries_at[i] ? 0 : indptr[i + 1] - indptr[i];
-            copy_slots(kept, new_indptr[i], kv_indices, indptr[i], keep, index_bytes);
-            new_indptr[i + 1] = new_indptr[i] + keep;
-        }
-        for (i64 q = 0; q < b; q++)
-            copy_slots(tails, tail_indptr[q], kv_indices, indptr[query_node[q]],
-                       tail_indptr[q + 1] - tail_indptr[q], index_bytes);
+        for (i64 i = 0; i < n; i++)
+            new_indptr[i + 1] = new_indptr[i] + (queries_at[i] ? 0 : indptr[i + 1] - indptr[i]);
     }
     free(queries_at);
+    return taken;
+}
+
+/* kernels/short_tails.py's take_short_tails on a host slot list of index_bytes-byte integers:
+ * deft_find_short_tails, then the slots copied to kept [total] and tails [total] (in
+ * kv_indices' type).  Returns the number of tail tokens (0: none qualifies, and the outputs
+ * are unfinished), or -1 when out of memory. */
+i64 deft_short_tails(i64 n, i64 b, i64 max_tokens, i64 index_bytes, const i64 *parent,
+                     const i64 *indptr, const void *kv_indices, const i64 *query_node,
+                     i64 *new_indptr, i64 *tail_indptr, void *kept, void *tails,
+                     i64 *tail_queries, i64 *info)
+{
+    i64 taken = deft_find_short_tails(n, b, max_tokens, parent, indptr, query_node, new_indptr,
+                                      tail_indptr, tail_queries, info);
+    if (taken <= 0) return taken;
+    for (i64 i = 0; i < n; i++)
+        copy_slots(kept, new_indptr[i], kv_indices, indptr[i], new_indptr[i + 1] - new_indptr[i],
+                   index_bytes);
+    for (i64 q = 0; q < b; q++)
+        copy_slots(tails, tail_indptr[q], kv_indices, indptr[query_node[q]],
+                   tail_indptr[q + 1] - tail_indptr[q], index_bytes);
     return taken;
 }
 
@@ -146,12 +154,6 @@ i64 deft_layout(i64 n, i64 b, const i64 *parent, const i64 *query_node, i64 *out
 }
 
 /* ---------------------------------------------------------------------------- splitting */
-
-/* Knobs, in this order (planner.py's PlannerConfig and build_plan's locals). */
-enum { K_GROUP, K_BLOCK_N, K_BLOCK_M, K_NUM_SMS, K_NUM_KV_HEADS, K_L2_BYTES, K_KV_BYTES_PER_TOKEN,
-       K_REREAD_MIN_QUERIES, K_REREAD_GROUP_ROWS, K_NEEDS_L2, K_FIXED_CHUNK, K_SPLIT_LAUNCHES,
-       K_COUNT };
-enum { F_WAVES, F_PARTIAL_RATIO, F_FLOOR_OVER_WANT, F_COUNT };
 
 /* 64-bit division costs up to ~90 cycles on older x86 cores, 32-bit about a third: tree
  * sizes fit in 32 bits, so that is the path taken. */

@@ -31,7 +31,8 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import LOG2E, launch_partial_attention
-from .short_tails import tails_per_pack
+from . import native as native_core
+from .short_tails import ShortTails, tails_per_pack
 from .tails import TailSlack, tail_spread
 from .config import SMALL_M, PlannerConfig, interpreter_active
 from .tree import TreeLayout, host_to_device
@@ -285,6 +286,15 @@ def resolve_block_n(config: PlannerConfig, head_dim: int) -> int:
     return config.block_n or (64 if head_dim <= 128 else 32)
 
 
+def plan_shape(num_qo_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
+               config: PlannerConfig, kv_elem_bytes: int) -> tuple:
+    """(GQA group, block_n, SMs, KV heads, L2 bytes, KV bytes per token): what the chunking
+    reads of the attention shape and the GPU."""
+    num_sms, l2_bytes = _device_limits(device, config)
+    return (num_qo_heads // num_kv_heads, resolve_block_n(config, head_dim), num_sms,
+            num_kv_heads, l2_bytes, 2 * num_kv_heads * head_dim * kv_elem_bytes)
+
+
 def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                device: torch.device, config: PlannerConfig, kv_elem_bytes: int = 2,
                tail_slack: int = 0, short_tails=None, pack_tails: bool = False
@@ -292,54 +302,95 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     """Plan one decode step over ``layout``; see the module docstring (and ``kernels.tails``
     for ``tail_slack``).  ``short_tails``: the ``ShortTails`` taken out of the forest before
     ``layout`` was built, attended in phase 1's packs (``pack_tails``) or by the merge."""
-    group = num_qo_heads // num_kv_heads
-    block_n = resolve_block_n(config, head_dim)
-    num_sms, l2_bytes = _device_limits(device, config)
-    kv_bytes_per_token = 2 * num_kv_heads * head_dim * kv_elem_bytes
+    shape = plan_shape(num_qo_heads, num_kv_heads, head_dim, device, config, kv_elem_bytes)
+    group, _, num_sms = shape[:3]
     spread = tail_spread(layout.parent, layout.kv_indptr, layout.query_node,
                          layout.node_queries(), tail_slack) if tail_slack else None
-    shape = (group, block_n, num_sms, num_kv_heads, l2_bytes, kv_bytes_per_token)
     (items, item_node, item_last, merge_indptr, merge_slots, partial_counts, most_partials,
      most_rows, num_large) = plan_items(layout, shape, config, spread)
-    num_partials, pack_shape, tail_parts = int(merge_slots.shape[0]), (), []
+    num_listed, pack_shape, tail_parts = int(merge_slots.shape[0]), (), []
     if short_tails is not None:
         if pack_tails:  # their partials after the plan's own
-            pack_queries = short_tails.queries
-            pack_shape = (pack_queries.shape[0], tails_per_pack(
-                pack_queries.shape[0], num_kv_heads, group, num_sms, config.waves,
-                config.tail_pack_rows), num_partials)
-            num_partials += pack_queries.shape[0]
+            num_tails = short_tails.queries.shape[0]
+            pack_shape = (num_tails, tails_per_pack(num_tails, num_kv_heads, group, num_sms,
+                                                    config.waves, config.tail_pack_rows),
+                          num_listed)
         tail_parts = short_tails.metadata(pack_shape, layout.num_queries)
-    block_m = config.block_m
     kv_source = layout.kv_indices if spread is None else spread.apply(layout.kv_indices, device)
-
-    kv_indices, query_order, d_indptr, d_slots, d_items, *tail_views = _upload(
-        [kv_source, layout.query_order, merge_indptr, merge_slots, items.reshape(-1)]
-        + tail_parts, device)
-    d_items = d_items.view(5, -1)
+    views = _upload([kv_source, layout.query_order, merge_indptr, merge_slots,
+                     items.reshape(-1)] + tail_parts, device)
     tails = spread.tails(item_node, item_last, items[1], device) if spread else None
+    return _assemble(layout, shape, (num_qo_heads, head_dim), device, config, kv_elem_bytes,
+                     (items, item_node, partial_counts, most_partials, most_rows, num_large,
+                      num_listed), views, short_tails, pack_shape, tails)
+
+
+def plan_step_native(parent, kv_indptr, kv_indices, query_node, *, num_qo_heads: int,
+                     num_kv_heads: int, head_dim: int, device: torch.device,
+                     config: PlannerConfig, kv_elem_bytes: int, num_slots, validate: bool):
+    """``build_plan`` after validation, short tails and grouping, all in one call of the C core
+    (``plan_step.c``), its upload buffer written in pinned memory: the same plan.  The arrays
+    as ``validate_tree`` returns them.  Returns the plan, or the number of the contract check
+    the forest failed (``validate_tree`` names the fault)."""
+    shape = plan_shape(num_qo_heads, num_kv_heads, head_dim, device, config, kv_elem_bytes)
+    pinned = device.type == "cuda"
+    step = native_core.plan_step(
+        native_core.knobs_for(config, shape), parent, kv_indptr, kv_indices, query_node,
+        num_slots, validate,
+        lambda length: torch.empty(length, dtype=torch.int32, pin_memory=pinned))
+    if isinstance(step, int):
+        return step
+    blob = step.blob.to(device, non_blocking=True) if pinned else step.blob.to(device)
+    views = blob.split_with_sizes(step.blob_sizes)
+    short_tails, pack_shape = None, ()
+    if step.taken:
+        short_tails = ShortTails(step.kept_indptr, None, step.tail_indptr, None,
+                                 step.tail_queries, step.longest)
+        if step.per_pack:
+            pack_shape = (step.num_tails, step.per_pack, step.header[native_core.H_PARTIALS])
+    layout = TreeLayout(parent, step.kept_indptr if step.taken else kv_indptr, None, query_node,
+                        step.query_order, step.query_begin, step.query_end)
+    header = step.header
+    host = (step.items, step.item_node, step.partial_counts,
+            *header[native_core.H_MOST_PARTIALS:native_core.H_LARGE + 1],
+            header[native_core.H_PARTIALS])
+    return _assemble(layout, shape, (num_qo_heads, head_dim), device, config, kv_elem_bytes,
+                     host, views, short_tails, pack_shape, None)
+
+
+def _assemble(layout: TreeLayout, shape: tuple, heads: tuple, device: torch.device,
+              config: PlannerConfig, kv_elem_bytes: int, host: tuple, views: list,
+              short_tails, pack_shape: tuple, tails) -> TreeAttentionPlan:
+    """The plan object from the planned arrays.  ``host``: (items int64 [5, I], item_node,
+    partial_counts, most partials of a query, most rows of an item, items of more than 16 rows,
+    merge slots listed); ``views``: the uploaded parts in ``build_plan``'s order."""
+    (items, item_node, partial_counts, most_partials, most_rows, num_large, num_listed) = host
+    group, block_n, num_sms = shape[:3]
+    num_qo_heads, head_dim = heads
+    kv_indices, query_order, d_indptr, d_slots, d_items, *tail_views = views
     short, packs = None, None
     if tail_views:  # (tail_indptr, tail_slots[, pack_info, pack_slots]): kernels.short_tails
         short = tuple(tail_views[:2])
         if pack_shape:
             packs = (tail_views[2], -(-pack_shape[0] // pack_shape[1]), pack_rows(config, group),
                      tail_views[3])
-
+    num_partials = num_listed + (pack_shape[0] if pack_shape else 0)
     merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim,
                                      max(most_partials, 1), num_sms, config.merge_block_h)
     if config.fixed_chunk_tokens:  # the same tiles, so the same summation order, in any batch
         merge_shape = INVARIANT_MERGE_SHAPE
     partial_bytes = num_partials * num_qo_heads * (
         head_dim * (4 if config.fp32_partials else kv_elem_bytes) + 4)
-    stats = _lazy_stats(layout, items, item_node, group, block_m, block_n, merge_shape,
-                        partial_counts, num_partials, partial_bytes, short_tails, bool(pack_shape))
+    stats = _lazy_stats(layout, items, item_node, group, config.block_m, block_n, merge_shape,
+                        partial_counts, num_partials, partial_bytes, short_tails,
+                        bool(pack_shape))
     # Without large items the large-tile branch is compiled out (fewer registers); batch-invariant
     # plans keep one kernel variant whatever the batch holds.
     needs_large = config.fixed_chunk_tokens or most_rows > SMALL_M
-    return TreeAttentionPlan(num_qo_heads, num_kv_heads, head_dim, layout.num_queries,
-                             num_partials, device, kv_indices, query_order, d_items,
-                             block_m if needs_large else SMALL_M, d_indptr, d_slots, block_n,
-                             merge_shape, config, stats, tails=tails,
+    return TreeAttentionPlan(num_qo_heads, shape[3], head_dim, layout.num_queries,
+                             num_partials, device, kv_indices, query_order, d_items.view(5, -1),
+                             config.block_m if needs_large else SMALL_M, d_indptr, d_slots,
+                             block_n, merge_shape, config, stats, tails=tails,
                              num_large_items=num_large if config.split_launches else -1,
                              merge_pdl=config.merge_pdl and _supports_pdl(device),
                              short_tails=short, tail_packs=packs, pack_shape=pack_shape)

@@ -21,7 +21,7 @@ import torch
 from . import native as native_core
 
 
-def _as_int_array(name: str, value, keep_int32: bool = False) -> np.ndarray:
+def as_int_array(name: str, value, keep_int32: bool = False) -> np.ndarray:
     """``value`` as a 1-D int64 numpy array (``keep_int32``: int32 input stays int32)."""
     if isinstance(value, torch.Tensor):
         if value.dtype not in (torch.int32, torch.int64):
@@ -84,11 +84,11 @@ def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | No
         its child's, an indptr that does not start at 0, decreases or disagrees with the indices,
         a query node out of range, or (when ``num_slots`` is given) a slot index out of range.
     """
-    parent = _as_int_array("node_parent", parent)
-    kv_indptr = _as_int_array("node_kv_indptr", kv_indptr)
+    parent = as_int_array("node_parent", parent)
+    kv_indptr = as_int_array("node_kv_indptr", kv_indptr)
     native = native and native_core.library() is not None
-    kv_indices = _as_int_array("node_kv_indices", kv_indices, keep_int32=native)
-    query_node = _as_int_array("query_node", query_node)
+    kv_indices = as_int_array("node_kv_indices", kv_indices, keep_int32=native)
+    query_node = as_int_array("query_node", query_node)
     if native and kv_indptr.shape[0] == parent.shape[0] + 1:
         parent, kv_indptr, query_node = map(np.ascontiguousarray, (parent, kv_indptr, query_node))
         if native_core.validate(parent, kv_indptr, kv_indices, query_node, num_slots) == 0:

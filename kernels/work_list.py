@@ -150,17 +150,10 @@ def _plan_items_numpy(layout: TreeLayout, shape: tuple, config: PlannerConfig, s
 
 def _plan_items_native(layout: TreeLayout, shape: tuple, config: PlannerConfig, spread):
     """``_plan_items_numpy``'s result from the C core (``kernels.native``), bit for bit."""
-    key = (config, shape)
-    knobs = _NATIVE_KNOBS.get(key)
-    if knobs is None:
-        if len(_NATIVE_KNOBS) > 64:  # a long-lived process that saw many shapes
-            _NATIVE_KNOBS.clear()
-        knobs = _NATIVE_KNOBS[key] = native_core.Knobs(config, *shape)
+    knobs = native_core.knobs_for(config, shape)
     contiguous = np.ascontiguousarray
     return native_core.plan(knobs, contiguous(layout.kv_indptr, dtype=np.int64),
                             contiguous(layout.query_begin), contiguous(layout.query_end),
                             contiguous(layout.query_order),
                             None if spread is None else contiguous(spread.shift))
 
-
-_NATIVE_KNOBS: dict = {}

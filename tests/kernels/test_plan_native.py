@@ -45,10 +45,22 @@ def _plan(forest, heads, native_on: bool, tail_slack=0, **overrides):
 def assert_same_plan(forest, heads, tail_slack=0, **overrides):
     expected = _plan(forest, heads, False, tail_slack, **overrides)
     actual = _plan(forest, heads, True, tail_slack, **overrides)
+    assert_plans_equal(actual, expected)
+
+
+def assert_plans_equal(actual, expected):
+    """Every tensor and setting of two plans is the same, their stats too."""
     for name in PLAN_TENSORS:
         assert torch.equal(getattr(actual, name), getattr(expected, name)), name
-    for name in ("num_partials", "block_m", "merge_shape", "num_large_items"):
+    for name in ("num_partials", "block_m", "merge_shape", "num_large_items", "pack_shape"):
         assert getattr(actual, name) == getattr(expected, name), name
+    for name in ("short_tails", "tail_packs"):
+        mine, theirs = getattr(actual, name), getattr(expected, name)
+        assert (mine is None) == (theirs is None), name
+        for ours, reference in zip(mine or (), theirs or ()):
+            same = (torch.equal(ours, reference) if isinstance(ours, torch.Tensor)
+                    else ours == reference)
+            assert same, name
     assert actual.stats() == expected.stats()
     assert (actual.tails is None) == (expected.tails is None)
     if expected.tails is not None:
@@ -176,3 +188,43 @@ def test_short_tails_are_taken_alike(max_tokens):
                 mine, theirs = getattr(ours, name), getattr(numpy_path, name)
                 assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), name
     assert taken > 0
+
+
+@needs_native
+@pytest.mark.parametrize("config", ["default", "row-groups", "fixed-chunks", "few-sms"])
+@pytest.mark.parametrize("slots", [np.int32, np.int64])
+def test_one_call_plans_like_the_steps(config, slots, monkeypatch):
+    """``plan_step.c`` (validation, tails, grouping and plan in one call, the upload written
+    there) against the C core's parts called one by one: the same plan, packs included."""
+    from deft_sglang.kernels import api
+    rng = random.Random(f"one-call-{config}")
+    forests = [random_forest(rng, max_nodes=30, max_tokens=rng.choice([6, 24, 90]),
+                             max_queries=30) for _ in range(40)]
+    forests += [star(700, 33, 9), star(300, 40, 1), star(64, 50, 40), chain(4, 20),
+                make_forest([0], [-1], []), make_forest([], [], [])]
+    packed = 0
+    for forest in forests:
+        arrays = (forest.parent, forest.indptr, np.asarray(forest.indices, dtype=slots),
+                  forest.query_node)
+        for heads in ((32, 8), (8, 8)):
+            kwargs = dict(num_qo_heads=heads[0], num_kv_heads=heads[1], head_dim=64, device=CPU,
+                          num_slots=forest.num_slots,
+                          config=PlannerConfig(**{"num_sms": 132, "l2_bytes": 50 << 20,
+                                                     **CONFIGS[config]}))
+            one_call = plan_tree_attention(*arrays, **kwargs)
+            with monkeypatch.context() as patch:
+                patch.setattr(api, "_plan_in_one_call", lambda *args: None)
+                steps = plan_tree_attention(*arrays, **kwargs)
+            assert_plans_equal(one_call, steps)
+            packed += one_call.tail_packs is not None
+    assert packed > 0 or config == "fixed-chunks"
+
+
+@needs_native
+def test_one_call_grows_its_buffers_for_a_bigger_plan():
+    config = PlannerConfig(reread_min_queries=2, reread_group_rows=16)
+    for forest in (star(40, 2, 3), star(4000, 300, 70), star(40, 2, 3), star(9000, 700, 20)):
+        plan = plan_tree_attention(forest.parent, forest.indptr, forest.indices,
+                                   forest.query_node, num_qo_heads=16, num_kv_heads=4,
+                                   head_dim=64, device=CPU, config=config)
+        assert plan.stats()["unique_kv_tokens"] == forest.indptr[-1]
