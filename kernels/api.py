@@ -87,13 +87,12 @@ def _plan_in_one_call(node_parent, node_kv_indptr, node_kv_indices, query_node, 
                       validate: bool, heads: dict):
     """The plan from the C core's one call (``planner.plan_step_native``), or None where the
     step-by-step path must plan (the arrays' lengths disagree: it names the fault)."""
-    parent = np.ascontiguousarray(as_int_array("node_parent", node_parent))
-    kv_indptr = np.ascontiguousarray(as_int_array("node_kv_indptr", node_kv_indptr))
+    parent = as_int_array("node_parent", node_parent)
+    kv_indptr = as_int_array("node_kv_indptr", node_kv_indptr)
     if kv_indptr.shape[0] != parent.shape[0] + 1:
         return None
-    kv_indices = np.ascontiguousarray(as_int_array("node_kv_indices", node_kv_indices,
-                                                    keep_int32=True))
-    query_node = np.ascontiguousarray(as_int_array("query_node", query_node))
+    kv_indices = as_int_array("node_kv_indices", node_kv_indices, keep_int32=True)
+    query_node = as_int_array("query_node", query_node)
     plan = plan_step_native(parent, kv_indptr, kv_indices, query_node, num_slots=num_slots,
                             validate=validate, **heads)
     if isinstance(plan, int):  # a failed contract check: numpy names the offending value

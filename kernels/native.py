@@ -191,33 +191,34 @@ STEP_HEADER, STEP_GROW = 16, -2  # plan_step.c's
 
 
 class PlannedStep:
-    """``plan_step``'s result: the host arrays (int64 numpy views of one buffer) and the upload
-    buffer ``blob`` (int32, its parts in ``blob_sizes`` order); see ``plan_step.c``."""
+    """``plan_step``'s result: the header, the upload buffer ``blob`` (int32, its parts in
+    ``blob_sizes`` order, then its unused rest) and the host arrays (``host_arrays``, for
+    stats); see ``plan_step.c``."""
 
     def __init__(self, host: np.ndarray, blob, n: int, b: int, total: int):
-        header = host[:STEP_HEADER].tolist()
-        self.header = header
-        m, p, t = header[H_ITEMS], header[H_PARTIALS], header[H_TAILS]
-        self.taken, self.longest, self.num_tails = header[H_TAKEN], header[H_LONGEST], t
-        self.per_pack = header[H_PER_PACK]
-        at = STEP_HEADER
-        self.query_order, self.query_begin, self.query_end = (
-            host[at:at + b], host[at + b:at + b + n], host[at + b + n:at + b + 2 * n])
-        at += b + 2 * n
-        self.kept_indptr, self.tail_indptr = host[at:at + n + 1], host[at + n + 1:at + n + b + 2]
-        at += n + b + 2
-        self.tail_queries = host[at:at + t]
-        o = at + b + PLAN_HEADER
-        self.items = host[o:o + 5 * m].reshape(5, m)
-        self.item_node = host[o + 5 * m:o + 6 * m]
-        o += 7 * m
-        self.partial_counts = host[o + b + 1 + p:o + 2 * b + 1 + p]
-        self.blob = blob[:header[H_BLOB]]
-        self.blob_sizes = [total - self.taken, b, b + 1, p, 5 * m]
-        if self.taken:
-            self.blob_sizes += [b + 1, self.taken]
-            if self.per_pack:
-                self.blob_sizes += [3 + t, b]
+        self.host, self.blob, self.num_nodes, self.num_queries = host, blob, n, b
+        header = self.header = host[:STEP_HEADER].tolist()
+        m, p, taken = header[H_ITEMS], header[H_PARTIALS], header[H_TAKEN]
+        self.num_tails = header[H_TAILS]
+        sizes = [total - taken, b, b + 1, p, 5 * m]
+        if taken:
+            sizes += [b + 1, taken] + ([3 + self.num_tails, b] if header[H_PER_PACK] else [])
+        self.blob_sizes = sizes + [blob.numel() - header[H_BLOB]]
+
+    def host_arrays(self) -> dict:
+        """The int64 host arrays by name (views of one buffer; see ``plan_step.c``)."""
+        host, n, b = self.host, self.num_nodes, self.num_queries
+        m, p = self.header[H_ITEMS], self.header[H_PARTIALS]
+        sizes = dict(query_order=b, query_begin=n, query_end=n, kept_indptr=n + 1,
+                     tail_indptr=b + 1, tail_queries=b, plan_header=PLAN_HEADER, items=5 * m,
+                     item_node=m, item_last=m, merge_indptr=b + 1, merge_slots=p,
+                     partial_counts=b)
+        arrays, at = {}, STEP_HEADER
+        for name, size in sizes.items():
+            arrays[name], at = host[at:at + size], at + size
+        arrays["items"] = arrays["items"].reshape(5, m)
+        arrays["tail_queries"] = arrays["tail_queries"][:self.num_tails]
+        return arrays
 
 
 def plan_step(knobs: Knobs, parent, kv_indptr, kv_indices, query_node, num_slots, validate: bool,

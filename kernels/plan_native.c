@@ -98,24 +98,18 @@ i64 deft_validate(i64 n, i64 b, i64 total, i64 num_slots, i64 index_bytes, const
     for (i64 q = 0; q < b; q++)
         if (query_node[q] < 0 || query_node[q] >= n) return 4;
     if (num_slots < 0 || total == 0) return 0;
-    i64 low, high;  /* min and max without early exits: the loops vectorize */
+    /* One unsigned compare per slot flags both a negative and a too large one; no early exit,
+     * so the loops vectorize (min and max took three times as long with SSE2). */
+    int bad = 0;
     if (index_bytes == 4) {
-        const int32_t *slots = kv_indices;
-        int32_t lo = slots[0], hi = slots[0];
-        for (i64 t = 0; t < total; t++) {
-            lo = slots[t] < lo ? slots[t] : lo;
-            hi = slots[t] > hi ? slots[t] : hi;
-        }
-        low = lo; high = hi;
+        const uint32_t *slots = kv_indices;
+        uint32_t limit = num_slots < ((i64)1 << 31) ? (uint32_t)num_slots : (uint32_t)1 << 31;
+        for (i64 t = 0; t < total; t++) bad |= slots[t] >= limit;
     } else {
-        const i64 *slots = kv_indices;
-        low = high = slots[0];
-        for (i64 t = 0; t < total; t++) {
-            low = slots[t] < low ? slots[t] : low;
-            high = slots[t] > high ? slots[t] : high;
-        }
+        const uint64_t *slots = kv_indices;
+        for (i64 t = 0; t < total; t++) bad |= slots[t] >= (uint64_t)num_slots;
     }
-    return low < 0 || high >= num_slots ? 5 : 0;
+    return bad ? 5 : 0;
 }
 
 /* ---------------------------------------------------------------------------- grouping */

@@ -222,47 +222,46 @@ def _check_run_inputs(plan: TreeAttentionPlan, q, k_cache, v_cache, out) -> None
         raise ValueError("out must match q's shape and dtype, with unit stride on head_dim")
 
 
-def _lazy_stats(layout: TreeLayout, items: np.ndarray, item_node: np.ndarray, group: int,
-                block_m: int, block_n: int, merge_shape, partial_counts: np.ndarray,
-                num_partials: int, partial_bytes: int, short_tails=None, packed=False):
-    """``plan.stats()``'s dict, computed on first use: a server plans every few steps and
-    reads the stats far less often (about 10% of a plan's host time).  Short tails taken out
-    of the forest count as read once; a packed one is one more partial of its query."""
+def _plan_stats(planned, group: int, block_m: int, block_n: int, merge_shape,
+                num_partials: int, partial_bytes: int, packed: bool) -> dict:
+    """``plan.stats()``'s dict, computed on first use (a server plans every few steps and
+    reads the stats far less often: about 10% of a plan's host time).  ``planned``: (layout,
+    items int64 [5, I], item_node [I], partial_counts [B], the ShortTails or None).  Short
+    tails taken out of the forest count as read once; a packed one is one more partial of
+    its query."""
+    layout, items, item_node, partial_counts, short_tails = planned
     taken = short_tails.num_tokens if short_tails is not None else 0
-
-    def compute() -> dict:
-        counts = partial_counts
-        if packed:
-            counts = partial_counts.copy()
-            counts[short_tails.queries] += 1
-        rows = items[3] * group
-        node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
-        needed = node_queries > 0
-        tiles_per_item = np.where(rows <= SMALL_M, 1, -(-rows // block_m))
-        # A node's first row group brings its KV in; the other row groups (which run beside
-        # it, chunk-major) and further row tiles read it again.
-        first_group = items[2] == layout.query_begin[item_node]
-        loaded = int(np.sum(items[1][first_group]))
-        return dict(
-            num_nodes=layout.num_nodes,
-            num_queries=layout.num_queries,
-            num_groups=int(np.sum(needed & (node_tokens > 0))),
-            num_work_items=int(items.shape[1]),
-            num_partials=num_partials,
-            max_partials_per_query=int(counts.max()) if counts.size else 0,
-            merge_shape=merge_shape,
-            unique_kv_tokens=int(np.sum(node_tokens[needed])) + taken,
-            loaded_kv_tokens=loaded + taken,
-            l2_reread_kv_tokens=int(np.sum(items[1] * tiles_per_item)) - loaded,
-            per_request_kv_tokens=int(np.sum(node_tokens
-                                             * (layout.query_end - layout.query_begin))) + taken,
-            partial_bytes=partial_bytes,
-            merge_tail_tokens=0 if packed else taken,
-            packed_tail_tokens=taken if packed else 0,
-            block_n=block_n,
-            row_tiles=int(np.sum(tiles_per_item)),
-        )
-    return compute
+    counts = partial_counts
+    if packed:
+        counts = partial_counts.copy()
+        counts[short_tails.queries] += 1
+    rows = items[3] * group
+    node_tokens, node_queries = layout.node_tokens(), layout.node_queries()
+    needed = node_queries > 0
+    tiles_per_item = np.where(rows <= SMALL_M, 1, -(-rows // block_m))
+    # A node's first row group brings its KV in; the other row groups (which run beside
+    # it, chunk-major) and further row tiles read it again.
+    first_group = items[2] == layout.query_begin[item_node]
+    loaded = int(np.sum(items[1][first_group]))
+    return dict(
+        num_nodes=layout.num_nodes,
+        num_queries=layout.num_queries,
+        num_groups=int(np.sum(needed & (node_tokens > 0))),
+        num_work_items=int(items.shape[1]),
+        num_partials=num_partials,
+        max_partials_per_query=int(counts.max()) if counts.size else 0,
+        merge_shape=merge_shape,
+        unique_kv_tokens=int(np.sum(node_tokens[needed])) + taken,
+        loaded_kv_tokens=loaded + taken,
+        l2_reread_kv_tokens=int(np.sum(items[1] * tiles_per_item)) - loaded,
+        per_request_kv_tokens=int(np.sum(node_tokens
+                                         * (layout.query_end - layout.query_begin))) + taken,
+        partial_bytes=partial_bytes,
+        merge_tail_tokens=0 if packed else taken,
+        packed_tail_tokens=taken if packed else 0,
+        block_n=block_n,
+        row_tiles=int(np.sum(tiles_per_item)),
+    )
 
 
 def _upload(parts: list, device) -> list:
@@ -320,9 +319,13 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     views = _upload([kv_source, layout.query_order, merge_indptr, merge_slots,
                      items.reshape(-1)] + tail_parts, device)
     tails = spread.tails(item_node, item_last, items[1], device) if spread else None
-    return _assemble(layout, shape, (num_qo_heads, head_dim), device, config, kv_elem_bytes,
-                     (items, item_node, partial_counts, most_partials, most_rows, num_large,
-                      num_listed), views, short_tails, pack_shape, tails)
+    planned = (layout, items, item_node, partial_counts, short_tails)
+    return _assemble(shape, (num_qo_heads, head_dim, layout.num_queries), device, config,
+                     kv_elem_bytes, (most_partials, most_rows, num_large, num_listed), views,
+                     lambda: planned, pack_shape, tails)
+
+
+_NATIVE_CONTEXTS: dict = {}  # (config id, heads, device, ...) -> (config, shape, Knobs)
 
 
 def plan_step_native(parent, kv_indptr, kv_indices, query_node, *, num_qo_heads: int,
@@ -332,41 +335,52 @@ def plan_step_native(parent, kv_indptr, kv_indices, query_node, *, num_qo_heads:
     (``plan_step.c``), its upload buffer written in pinned memory: the same plan.  The arrays
     as ``validate_tree`` returns them.  Returns the plan, or the number of the contract check
     the forest failed (``validate_tree`` names the fault)."""
-    shape = plan_shape(num_qo_heads, num_kv_heads, head_dim, device, config, kv_elem_bytes)
-    pinned = device.type == "cuda"
+    key = (id(config), num_qo_heads, num_kv_heads, head_dim, device, kv_elem_bytes)
+    context = _NATIVE_CONTEXTS.get(key)
+    if context is None or context[0] is not config:  # (held, so its id is not reused)
+        if len(_NATIVE_CONTEXTS) > 64:  # a long-lived process that saw many shapes
+            _NATIVE_CONTEXTS.clear()
+        shape = plan_shape(num_qo_heads, num_kv_heads, head_dim, device, config, kv_elem_bytes)
+        context = _NATIVE_CONTEXTS[key] = (config, shape, native_core.knobs_for(config, shape))
+    shape, pinned = context[1], device.type == "cuda"
     step = native_core.plan_step(
-        native_core.knobs_for(config, shape), parent, kv_indptr, kv_indices, query_node,
-        num_slots, validate,
+        context[2], parent, kv_indptr, kv_indices, query_node, num_slots, validate,
         lambda length: torch.empty(length, dtype=torch.int32, pin_memory=pinned))
     if isinstance(step, int):
         return step
     blob = step.blob.to(device, non_blocking=True) if pinned else step.blob.to(device)
-    views = blob.split_with_sizes(step.blob_sizes)
-    short_tails, pack_shape = None, ()
-    if step.taken:
-        short_tails = ShortTails(step.kept_indptr, None, step.tail_indptr, None,
-                                 step.tail_queries, step.longest)
-        if step.per_pack:
-            pack_shape = (step.num_tails, step.per_pack, step.header[native_core.H_PARTIALS])
-    layout = TreeLayout(parent, step.kept_indptr if step.taken else kv_indptr, None, query_node,
-                        step.query_order, step.query_begin, step.query_end)
+    views = blob.split_with_sizes(step.blob_sizes)[:-1]  # (the last: the buffer's unused rest)
     header = step.header
-    host = (step.items, step.item_node, step.partial_counts,
-            *header[native_core.H_MOST_PARTIALS:native_core.H_LARGE + 1],
-            header[native_core.H_PARTIALS])
-    return _assemble(layout, shape, (num_qo_heads, head_dim), device, config, kv_elem_bytes,
-                     host, views, short_tails, pack_shape, None)
+    pack_shape = ((step.num_tails, header[native_core.H_PER_PACK],
+                   header[native_core.H_PARTIALS]) if header[native_core.H_PER_PACK] else ())
+
+    def planned():  # the host arrays, for stats()
+        arrays = step.host_arrays()
+        short_tails = (ShortTails(arrays["kept_indptr"], None, arrays["tail_indptr"], None,
+                                  arrays["tail_queries"], header[native_core.H_LONGEST])
+                       if step.num_tails else None)
+        layout = TreeLayout(parent, arrays["kept_indptr"] if step.num_tails else kv_indptr,
+                            None, query_node, arrays["query_order"], arrays["query_begin"],
+                            arrays["query_end"])
+        return (layout, arrays["items"], arrays["item_node"], arrays["partial_counts"],
+                short_tails)
+
+    return _assemble(shape, (num_qo_heads, head_dim, step.num_queries), device, config,
+                     kv_elem_bytes,
+                     header[native_core.H_MOST_PARTIALS:native_core.H_LARGE + 1]
+                     + [header[native_core.H_PARTIALS]], views, planned, pack_shape, None)
 
 
-def _assemble(layout: TreeLayout, shape: tuple, heads: tuple, device: torch.device,
-              config: PlannerConfig, kv_elem_bytes: int, host: tuple, views: list,
-              short_tails, pack_shape: tuple, tails) -> TreeAttentionPlan:
-    """The plan object from the planned arrays.  ``host``: (items int64 [5, I], item_node,
-    partial_counts, most partials of a query, most rows of an item, items of more than 16 rows,
-    merge slots listed); ``views``: the uploaded parts in ``build_plan``'s order."""
-    (items, item_node, partial_counts, most_partials, most_rows, num_large, num_listed) = host
+def _assemble(shape: tuple, heads: tuple, device: torch.device, config: PlannerConfig,
+              kv_elem_bytes: int, counts, views: list, planned, pack_shape: tuple,
+              tails) -> TreeAttentionPlan:
+    """The plan object from the planned arrays.  ``heads``: (Hq, head_dim, queries);
+    ``counts``: (most partials of a query, most rows of an item, items of more than 16 rows,
+    merge slots listed); ``views``: the uploaded parts in ``build_plan``'s order;
+    ``planned()``: what ``_plan_stats`` reads (called only when stats are asked for)."""
+    most_partials, most_rows, num_large, num_listed = counts
     group, block_n, num_sms = shape[:3]
-    num_qo_heads, head_dim = heads
+    num_qo_heads, head_dim, num_queries = heads
     kv_indices, query_order, d_indptr, d_slots, d_items, *tail_views = views
     short, packs = None, None
     if tail_views:  # (tail_indptr, tail_slots[, pack_info, pack_slots]): kernels.short_tails
@@ -375,19 +389,18 @@ def _assemble(layout: TreeLayout, shape: tuple, heads: tuple, device: torch.devi
             packs = (tail_views[2], -(-pack_shape[0] // pack_shape[1]), pack_rows(config, group),
                      tail_views[3])
     num_partials = num_listed + (pack_shape[0] if pack_shape else 0)
-    merge_shape = merge_launch_shape(layout.num_queries, num_qo_heads, head_dim,
+    merge_shape = merge_launch_shape(num_queries, num_qo_heads, head_dim,
                                      max(most_partials, 1), num_sms, config.merge_block_h)
     if config.fixed_chunk_tokens:  # the same tiles, so the same summation order, in any batch
         merge_shape = INVARIANT_MERGE_SHAPE
     partial_bytes = num_partials * num_qo_heads * (
         head_dim * (4 if config.fp32_partials else kv_elem_bytes) + 4)
-    stats = _lazy_stats(layout, items, item_node, group, config.block_m, block_n, merge_shape,
-                        partial_counts, num_partials, partial_bytes, short_tails,
-                        bool(pack_shape))
+    stats = lambda: _plan_stats(planned(), group, config.block_m, block_n,  # noqa: E731
+                                merge_shape, num_partials, partial_bytes, bool(pack_shape))
     # Without large items the large-tile branch is compiled out (fewer registers); batch-invariant
     # plans keep one kernel variant whatever the batch holds.
     needs_large = config.fixed_chunk_tokens or most_rows > SMALL_M
-    return TreeAttentionPlan(num_qo_heads, shape[3], head_dim, layout.num_queries,
+    return TreeAttentionPlan(num_qo_heads, shape[3], head_dim, num_queries,
                              num_partials, device, kv_indices, query_order, d_items.view(5, -1),
                              config.block_m if needs_large else SMALL_M, d_indptr, d_slots,
                              block_n, merge_shape, config, stats, tails=tails,

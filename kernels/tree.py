@@ -22,7 +22,8 @@ from . import native as native_core
 
 
 def as_int_array(name: str, value, keep_int32: bool = False) -> np.ndarray:
-    """``value`` as a 1-D int64 numpy array (``keep_int32``: int32 input stays int32)."""
+    """``value`` as a contiguous 1-D int64 numpy array (``keep_int32``: int32 input stays
+    int32)."""
     if isinstance(value, torch.Tensor):
         if value.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{name} must be an int32 tensor, got {value.dtype}")
@@ -34,7 +35,7 @@ def as_int_array(name: str, value, keep_int32: bool = False) -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D integer array")
     if keep_int32 and array.dtype == np.int32:
         return np.ascontiguousarray(array)
-    return array.astype(np.int64, copy=False)
+    return np.ascontiguousarray(array, dtype=np.int64)
 
 
 @dataclass(frozen=True)
