@@ -1,7 +1,9 @@
 """DeFT planning: turn a KV forest into a work list once per decode step, run it once per layer.
 
 Planning (host side: the C core of ``kernels.native``, or numpy without a C compiler; the
-same plan either way):
+same plan either way).  ``plan_step_native`` runs steps 0-3 in one C call (``plan_step.c``) that
+also writes the kernels' metadata into the plan's pinned upload buffer; ``build_plan`` is the
+same plan step by step, which tail slack (``kernels.tails``) and device-resident slot lists use:
 0. Short private tails (a leaf holding one query's KV alone, up to 64 tokens) leave the forest
    first (``kernels.short_tails``): the merge attends those of up to 8 tokens, phase 1 packs
    the others, several queries' tails to a tile.
@@ -350,6 +352,7 @@ def plan_step_native(parent, kv_indptr, kv_indices, query_node, *, num_qo_heads:
         return step
     blob = step.blob.to(device, non_blocking=True) if pinned else step.blob.to(device)
     views = blob.split_with_sizes(step.blob_sizes)[:-1]  # (the last: the buffer's unused rest)
+    step.blob = None  # stats() keeps the host arrays only: the pinned buffer goes back now
     header = step.header
     pack_shape = ((step.num_tails, header[native_core.H_PER_PACK],
                    header[native_core.H_PARTIALS]) if header[native_core.H_PER_PACK] else ())
