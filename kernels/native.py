@@ -195,7 +195,7 @@ class PlannedStep:
     ``blob_sizes`` order, then its unused rest) and the host arrays (``host_arrays``, for
     stats); see ``plan_step.c``."""
 
-    def __init__(self, host: np.ndarray, blob, n: int, b: int, total: int):
+    def __init__(self, host: np.ndarray, blob, capacity: int, n: int, b: int, total: int):
         self.host, self.blob, self.num_nodes, self.num_queries = host, blob, n, b
         header = self.header = host[:STEP_HEADER].tolist()
         m, p, taken = header[H_ITEMS], header[H_PARTIALS], header[H_TAKEN]
@@ -203,7 +203,7 @@ class PlannedStep:
         sizes = [total - taken, b, b + 1, p, 5 * m]
         if taken:
             sizes += [b + 1, taken] + ([3 + self.num_tails, b] if header[H_PER_PACK] else [])
-        self.blob_sizes = sizes + [blob.numel() - header[H_BLOB]]
+        self.blob_sizes = sizes + [capacity - header[H_BLOB]]
 
     def host_arrays(self) -> dict:
         """The int64 host arrays by name (views of one buffer; see ``plan_step.c``)."""
@@ -225,18 +225,19 @@ def plan_step(knobs: Knobs, parent, kv_indptr, kv_indices, query_node, num_slots
               new_blob) -> "PlannedStep | int":
     """A decode step's whole plan in one call (``plan_step.c``).  ``parent``, ``kv_indptr``,
     ``query_node``: contiguous int64; ``kv_indices``: contiguous int32 or int64;
-    ``new_blob(length)``: an int32 tensor of at least ``length`` elements for the upload
+    ``new_blob(length)``: an int32 tensor of ``length`` elements for the upload
     (pinned host memory for a GPU plan).  Returns the :class:`PlannedStep`, or the number of
     the contract check the forest failed."""
     n, b, total = parent.shape[0], query_node.shape[0], kv_indices.shape[0]
     host_length, blob_length = knobs.step_lengths
     host = np.empty(max(host_length, STEP_HEADER + 5 * b + 3 * n + 3 + PLAN_HEADER), np.int64)
-    blob = new_blob(max(blob_length, total + 5 * b + 8))
+    capacity = max(blob_length, total + 5 * b + 8)
+    blob = new_blob(capacity)
     pointers = (_ptr(parent), _ptr(kv_indptr), _ptr(kv_indices), _ptr(query_node))
     for _ in range(3):  # a bigger plan than the last: once more, with room enough
         status = library().deft_plan_step(
             n, b, total, -1 if num_slots is None else num_slots, kv_indices.itemsize,
-            int(validate), *knobs.addresses, *pointers, blob.data_ptr(), blob.numel(),
+            int(validate), *knobs.addresses, *pointers, blob.data_ptr(), capacity,
             _ptr(host), host.shape[0])
         if status != STEP_GROW:
             break
@@ -244,10 +245,11 @@ def plan_step(knobs: Knobs, parent, kv_indptr, kv_indices, query_node, num_slots
         knobs.step_lengths = (host_length + host_length // 4, blob_length + blob_length // 4)
         if host_length > host.shape[0]:
             host = np.empty(knobs.step_lengths[0], np.int64)
-        if blob_length > blob.numel():
-            blob = new_blob(knobs.step_lengths[1])
+        if blob_length > capacity:
+            capacity = knobs.step_lengths[1]
+            blob = new_blob(capacity)
     if status < 0:
         raise MemoryError("the C planner core could not allocate its scratch")
     if status > 0:
         return status
-    return PlannedStep(host, blob, n, b, total)
+    return PlannedStep(host, blob, capacity, n, b, total)
