@@ -221,6 +221,20 @@ def test_one_call_plans_like_the_steps(config, slots, monkeypatch):
 
 
 @needs_native
+def test_one_call_takes_tensors_and_names_a_fault():
+    forest = star(70, 12, 20)
+    arrays = [torch.tensor(a, dtype=torch.int32) for a in (forest.parent, forest.indptr,
+                                                           forest.indices, forest.query_node)]
+    kwargs = dict(num_qo_heads=8, num_kv_heads=2, head_dim=64, device=CPU,
+                  num_slots=forest.num_slots)
+    assert_plans_equal(plan_tree_attention(*arrays, **kwargs),
+                       plan_tree_attention(*(a.tolist() for a in arrays), **kwargs))
+    arrays[2][5] = forest.num_slots
+    with pytest.raises(ValueError, match="node_kv_indices values must lie in"):
+        plan_tree_attention(*arrays, **kwargs)
+
+
+@needs_native
 def test_one_call_grows_its_buffers_for_a_bigger_plan():
     config = PlannerConfig(reread_min_queries=2, reread_group_rows=16)
     for forest in (star(40, 2, 3), star(4000, 300, 70), star(40, 2, 3), star(9000, 700, 20)):
