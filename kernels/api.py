@@ -30,7 +30,9 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
     device : where the plan's metadata lives and ``run`` executes (default: the device of
         ``node_kv_indices`` if it is a tensor, else CUDA when available, else CPU).
     validate : check the tree (cheap; pass False on a hot path whose trees are known good).
-        Without validation a ``node_kv_indices`` tensor is used where it lies (no host copy).
+        Without validation a ``node_kv_indices`` tensor is used where it lies (no host copy);
+        host arrays planned by the C core still get its shape check (parents, indptr, query
+        nodes), only the slots' range check is skipped.
     num_slots : KV-pool size; when given, slot indices are range-checked.
     kv_elem_bytes : bytes per KV element, for the cost model (2 for fp16/bf16).
     config : planner tuning, :class:`PlannerConfig`.
@@ -96,7 +98,7 @@ def _plan_in_one_call(node_parent, node_kv_indptr, node_kv_indices, query_node, 
     plan = plan_step_native(parent, kv_indptr, kv_indices, query_node, num_slots=num_slots,
                             validate=validate, **heads)
     if isinstance(plan, int):  # a failed contract check: numpy names the offending value
-        validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots)
+        validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots if validate else None)
         raise ValueError(f"the KV forest fails the kernel contract (check {plan})")
     return plan
 

@@ -87,7 +87,8 @@ static void write_blob(int32_t *blob, i64 n, i64 b, i64 index_bytes, const i64 *
 }
 
 /* Plans a decode step (see the top of the file).  k/f: the knobs (K_TAIL_BOUND 0 takes no
- * tails); validate: check the contract first (num_slots < 0: no slot range check).  Returns 0,
+ * tails); validate: also check that every slot lies in [0, num_slots) (num_slots < 0: no
+ * range).  Returns 0,
  * the number of deft_validate's failed check, STEP_GROW, or -1 out of memory.  host_cap must
  * be at least STEP_HEADER + 3B + 3N + 2 + PLAN_HEADER + 2B + 1. */
 i64 deft_plan_step(i64 n, i64 b, i64 total, i64 num_slots, i64 index_bytes, i64 validate,
@@ -95,11 +96,11 @@ i64 deft_plan_step(i64 n, i64 b, i64 total, i64 num_slots, i64 index_bytes, i64 
                    const void *kv_indices, const i64 *query_node, int32_t *blob, i64 blob_cap,
                    i64 *host, i64 host_cap)
 {
-    if (validate) {
-        i64 fault = deft_validate(n, b, total, num_slots, index_bytes, parent, indptr,
-                                  kv_indices, query_node);
-        if (fault) return fault;
-    }
+    /* The forest's shape is always checked (O(N + B), and nothing below reads out of bounds
+     * then); validate adds the slot range check, O(total). */
+    i64 fault = deft_validate(n, b, total, validate ? num_slots : -1, index_bytes, parent,
+                              indptr, kv_indices, query_node);
+    if (fault) return fault;
     i64 *h = host, *query_order = host + STEP_HEADER, *query_begin = query_order + b,
         *query_end = query_begin + n, *kept_indptr = query_end + n,
         *tail_indptr = kept_indptr + n + 1, *tail_queries = tail_indptr + b + 1,

@@ -235,6 +235,23 @@ def test_one_call_takes_tensors_and_names_a_fault():
 
 
 @needs_native
+def test_one_call_checks_the_shape_without_validation():
+    """Unvalidated host arrays still have their shape checked (the C core never reads out of
+    bounds); only the slots' range goes unchecked."""
+    forest = star(30, 4, 5)
+    kwargs = dict(num_qo_heads=8, num_kv_heads=2, head_dim=64, device=CPU, validate=False,
+                  num_slots=forest.num_slots)
+    with pytest.raises(ValueError, match="query_node values must lie in"):
+        plan_tree_attention(forest.parent, forest.indptr, forest.indices, [1, 2, 9], **kwargs)
+    with pytest.raises(ValueError, match="a parent index must be -1 or smaller"):
+        plan_tree_attention([-1, 3, 0, 0, 0], forest.indptr, forest.indices,
+                            forest.query_node, **kwargs)
+    slots = list(forest.indices)
+    slots[0] = forest.num_slots + 5  # out of range, but not checked without validation
+    plan_tree_attention(forest.parent, forest.indptr, slots, forest.query_node, **kwargs)
+
+
+@needs_native
 def test_one_call_grows_its_buffers_for_a_bigger_plan():
     config = PlannerConfig(reread_min_queries=2, reread_group_rows=16)
     for forest in (star(40, 2, 3), star(4000, 300, 70), star(40, 2, 3), star(9000, 700, 20)):
