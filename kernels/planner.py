@@ -335,8 +335,9 @@ def plan_step_native(parent, kv_indptr, kv_indices, query_node, *, num_qo_heads:
                      config: PlannerConfig, kv_elem_bytes: int, num_slots, validate: bool):
     """``build_plan`` after validation, short tails and grouping, all in one call of the C core
     (``plan_step.c``), its upload buffer written in pinned memory: the same plan.  The arrays
-    as ``validate_tree`` returns them.  Returns the plan, or the number of the contract check
-    the forest failed (``validate_tree`` names the fault)."""
+    as ``validate_tree`` returns them (contiguous int64; ``kv_indices`` int32 or int64).
+    Returns the plan, or the number of the contract check the forest failed (its shape is
+    always checked, the slots' range only with ``validate``; ``validate_tree`` names it)."""
     key = (id(config), num_qo_heads, num_kv_heads, head_dim, device, kv_elem_bytes)
     context = _NATIVE_CONTEXTS.get(key)
     if context is None or context[0] is not config:  # (held, so its id is not reused)
