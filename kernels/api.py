@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from . import native as native_core
-from .planner import PlannerConfig, TreeAttentionPlan, build_plan, plan_step_native
+from .plan_step import plan_step_native
+from .planner import PlannerConfig, TreeAttentionPlan, build_plan
 from .short_tails import take_short_tails
 from .tree import as_int_array, build_layout, validate_tree
 
@@ -87,7 +88,7 @@ def plan_tree_attention(node_parent, node_kv_indptr, node_kv_indices, query_node
 
 def _plan_in_one_call(node_parent, node_kv_indptr, node_kv_indices, query_node, num_slots,
                       validate: bool, heads: dict):
-    """The plan from the C core's one call (``planner.plan_step_native``), or None where the
+    """The plan from the C core's one call (``plan_step.plan_step_native``), or None where the
     step-by-step path must plan (the arrays' lengths disagree: it names the fault)."""
     parent = as_int_array("node_parent", node_parent)
     kv_indptr = as_int_array("node_kv_indptr", node_kv_indptr)

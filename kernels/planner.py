@@ -1,7 +1,7 @@
 """DeFT planning: turn a KV forest into a work list once per decode step, run it once per layer.
 
 Planning (host side: the C core of ``kernels.native``, or numpy without a C compiler; the
-same plan either way).  ``plan_step_native`` runs steps 0-3 in one C call (``plan_step.c``) that
+same plan either way).  ``kernels.plan_step`` runs steps 0-3 in one C call (``plan_step.c``) that
 also writes the kernels' metadata into the plan's pinned upload buffer; ``build_plan`` is the
 same plan step by step, which tail slack (``kernels.tails``) and device-resident slot lists use:
 0. Short private tails (a leaf holding one query's KV alone, up to 64 tokens) leave the forest
@@ -33,8 +33,7 @@ import torch
 
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import LOG2E, launch_partial_attention
-from . import native as native_core
-from .short_tails import ShortTails, tails_per_pack
+from .short_tails import tails_per_pack
 from .tails import TailSlack, tail_spread
 from .config import SMALL_M, PlannerConfig, interpreter_active
 from .tree import TreeLayout, host_to_device
@@ -322,60 +321,12 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
                      items.reshape(-1)] + tail_parts, device)
     tails = spread.tails(item_node, item_last, items[1], device) if spread else None
     planned = (layout, items, item_node, partial_counts, short_tails)
-    return _assemble(shape, (num_qo_heads, head_dim, layout.num_queries), device, config,
+    return assemble_plan(shape, (num_qo_heads, head_dim, layout.num_queries), device, config,
                      kv_elem_bytes, (most_partials, most_rows, num_large, num_listed), views,
                      lambda: planned, pack_shape, tails)
 
 
-_NATIVE_CONTEXTS: dict = {}  # (config id, heads, device, ...) -> (config, shape, Knobs)
-
-
-def plan_step_native(parent, kv_indptr, kv_indices, query_node, *, num_qo_heads: int,
-                     num_kv_heads: int, head_dim: int, device: torch.device,
-                     config: PlannerConfig, kv_elem_bytes: int, num_slots, validate: bool):
-    """``build_plan`` after validation, short tails and grouping, all in one call of the C core
-    (``plan_step.c``), its upload buffer written in pinned memory: the same plan.  The arrays
-    as ``validate_tree`` returns them (contiguous int64; ``kv_indices`` int32 or int64).
-    Returns the plan, or the number of the contract check the forest failed (its shape is
-    always checked, the slots' range only with ``validate``; ``validate_tree`` names it)."""
-    key = (id(config), num_qo_heads, num_kv_heads, head_dim, device, kv_elem_bytes)
-    context = _NATIVE_CONTEXTS.get(key)
-    if context is None or context[0] is not config:  # (held, so its id is not reused)
-        if len(_NATIVE_CONTEXTS) > 64:  # a long-lived process that saw many shapes
-            _NATIVE_CONTEXTS.clear()
-        shape = plan_shape(num_qo_heads, num_kv_heads, head_dim, device, config, kv_elem_bytes)
-        context = _NATIVE_CONTEXTS[key] = (config, shape, native_core.knobs_for(config, shape))
-    shape, pinned = context[1], device.type == "cuda"
-    step = native_core.plan_step(
-        context[2], parent, kv_indptr, kv_indices, query_node, num_slots, validate,
-        lambda length: torch.empty(length, dtype=torch.int32, pin_memory=pinned))
-    if isinstance(step, int):
-        return step
-    blob = step.blob.to(device, non_blocking=True) if pinned else step.blob.to(device)
-    views = blob.split_with_sizes(step.blob_sizes)[:-1]  # (the last: the buffer's unused rest)
-    step.blob = None  # stats() keeps the host arrays only: the pinned buffer goes back now
-    header = step.header
-    pack_shape = ((step.num_tails, header[native_core.H_PER_PACK],
-                   header[native_core.H_PARTIALS]) if header[native_core.H_PER_PACK] else ())
-
-    def planned():  # the host arrays, for stats()
-        arrays = step.host_arrays()
-        short_tails = (ShortTails(arrays["kept_indptr"], None, arrays["tail_indptr"], None,
-                                  arrays["tail_queries"], header[native_core.H_LONGEST])
-                       if step.num_tails else None)
-        layout = TreeLayout(parent, arrays["kept_indptr"] if step.num_tails else kv_indptr,
-                            None, query_node, arrays["query_order"], arrays["query_begin"],
-                            arrays["query_end"])
-        return (layout, arrays["items"], arrays["item_node"], arrays["partial_counts"],
-                short_tails)
-
-    return _assemble(shape, (num_qo_heads, head_dim, step.num_queries), device, config,
-                     kv_elem_bytes,
-                     header[native_core.H_MOST_PARTIALS:native_core.H_LARGE + 1]
-                     + [header[native_core.H_PARTIALS]], views, planned, pack_shape, None)
-
-
-def _assemble(shape: tuple, heads: tuple, device: torch.device, config: PlannerConfig,
+def assemble_plan(shape: tuple, heads: tuple, device: torch.device, config: PlannerConfig,
               kv_elem_bytes: int, counts, views: list, planned, pack_shape: tuple,
               tails) -> TreeAttentionPlan:
     """The plan object from the planned arrays.  ``heads``: (Hq, head_dim, queries);
