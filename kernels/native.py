@@ -2,7 +2,8 @@
 
 Planning a decode step is a few hundred small array operations; in numpy each costs a call's
 overhead (about 1 µs), which put a 256-query ToT step at 0.3-0.6 ms of host time.  The C core
-does the same work in one call (``plan_step.c``; its parts are callable one by one too).  It is built with the system C compiler (``$CC``, else
+does the same work in one call (``plan_step.c``; its parts are callable one by one too).  It is
+built with the system C compiler (``$CC``, else
 ``cc``), which Triton needs on a GPU host anyway, into ``$DEFT_CACHE_DIR`` (default
 ``~/.cache/deft_sglang``), once per source version.  Without a compiler, or with
 ``PlannerConfig(native=False)``, the numpy path plans; both give the same plan bit for bit.
@@ -252,4 +253,9 @@ def plan_step(knobs: Knobs, parent, kv_indptr, kv_indices, query_node, num_slots
         raise MemoryError("the C planner core could not allocate its scratch")
     if status > 0:
         return status
-    return PlannedStep(host, blob, capacity, n, b, total)
+    step = PlannedStep(host, blob, capacity, n, b, total)
+    used_host, used_blob = step.header[H_HOST], step.header[H_BLOB]
+    if capacity > 2 * used_blob or host.shape[0] > 2 * used_host:
+        # after a much bigger plan: smaller buffers again (the whole buffer is uploaded)
+        knobs.step_lengths = (used_host + used_host // 4, used_blob + used_blob // 4)
+    return step

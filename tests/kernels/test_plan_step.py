@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from deft_sglang.kernels import PlannerConfig, plan_tree_attention
+from deft_sglang.kernels import PlannerConfig, native, plan_tree_attention
 
 from .test_plan_native import CONFIGS, CPU, assert_plans_equal, needs_native
 from .trees import chain, make_forest, random_forest, star
@@ -78,9 +78,14 @@ def test_one_call_checks_the_shape_without_validation():
 
 @needs_native
 def test_one_call_grows_its_buffers_for_a_bigger_plan():
+    """A bigger plan than the last grows the buffers (one more call); a much smaller one after
+    it shrinks them again, since the whole upload buffer is copied to the device."""
     config = PlannerConfig(reread_min_queries=2, reread_group_rows=16)
-    for forest in (star(40, 2, 3), star(4000, 300, 70), star(40, 2, 3), star(9000, 700, 20)):
+    small, big, bigger = star(40, 2, 3), star(4000, 300, 70), star(9000, 700, 20)
+    for forest in (small, big, small, bigger, small):
         plan = plan_tree_attention(forest.parent, forest.indptr, forest.indices,
                                    forest.query_node, num_qo_heads=16, num_kv_heads=4,
                                    head_dim=64, device=CPU, config=config)
         assert plan.stats()["unique_kv_tokens"] == forest.indptr[-1]
+        knobs = [k for key, k in native._KNOBS.items() if key[0] is config]
+        assert len(knobs) == 1 and knobs[0].step_lengths[1] < 4 * forest.indptr[-1] + 100
