@@ -3,10 +3,10 @@
 Planning a decode step is a few hundred small array operations; in numpy each costs a call's
 overhead (about 1 µs), which put a 256-query ToT step at 0.3-0.6 ms of host time.  The C core
 does the same work in one call (``plan_step.c``; its parts are callable one by one too).  It is
-built with the system C compiler (``$CC``, else
-``cc``), which Triton needs on a GPU host anyway, into ``$DEFT_CACHE_DIR`` (default
-``~/.cache/deft_sglang``), once per source version.  Without a compiler, or with
-``PlannerConfig(native=False)``, the numpy path plans; both give the same plan bit for bit.
+built with the system C compiler (``$CC``, else ``cc``), which Triton needs on a GPU host anyway,
+into ``$DEFT_CACHE_DIR`` (default ``~/.cache/deft_sglang``), once per source version.  Without
+a compiler, or with ``PlannerConfig(native=False)``, the numpy path plans; both give the same plan
+bit for bit.
 
 Every function takes and returns int64 numpy arrays; see ``plan_native.c`` for the layouts.
 """

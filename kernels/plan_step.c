@@ -44,7 +44,8 @@ static void i64_to_i32(int32_t *to, const i64 *from, i64 count)
 /* short_tails.tails_per_pack */
 static i64 tails_per_pack(i64 num_tails, const i64 *k, const double *f)
 {
-    i64 most = k[K_TAIL_PACK_ROWS] / k[K_GROUP], programs = (i64)((double)k[K_NUM_SMS] * f[F_WAVES]);
+    i64 most = k[K_TAIL_PACK_ROWS] / k[K_GROUP];
+    i64 programs = (i64)((double)k[K_NUM_SMS] * f[F_WAVES]);
     i64 spread = num_tails * k[K_NUM_KV_HEADS] / (programs > 0 ? programs : 1);
     most = most > 1 ? most : 1;
     spread = spread > 1 ? spread : 1;

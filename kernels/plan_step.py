@@ -2,7 +2,7 @@
 grouping, chunking and merge lists there, the kernels' metadata written straight into the plan's
 pinned upload buffer, then one copy to the device split into the plan's views.
 
-The same plan as ``planner.build_plan`` step by step (``tests/kernels/test_plan_native.py``);
+The same plan as ``planner.build_plan`` step by step (``tests/kernels/test_plan_step.py``);
 ``api.plan_tree_attention`` takes this path when the C core is available, there is no tail slack
 and the slot list is on the host.  From Python the steps took some twenty ctypes, numpy and
 torch calls per plan: 140 µs for a 256-query ToT step on an H100 host, 76 in one call
@@ -60,7 +60,7 @@ def plan_step_native(parent, kv_indptr, kv_indices, query_node, *, num_qo_heads:
         return (layout, arrays["items"], arrays["item_node"], arrays["partial_counts"],
                 short_tails)
 
+    counts = (header[native_core.H_MOST_PARTIALS:native_core.H_LARGE + 1]
+              + [header[native_core.H_PARTIALS]])
     return assemble_plan(shape, (num_qo_heads, head_dim, step.num_queries), device, config,
-                     kv_elem_bytes,
-                     header[native_core.H_MOST_PARTIALS:native_core.H_LARGE + 1]
-                     + [header[native_core.H_PARTIALS]], views, planned, pack_shape, None)
+                         kv_elem_bytes, counts, views, planned, pack_shape, None)

@@ -322,13 +322,13 @@ def build_plan(layout: TreeLayout, *, num_qo_heads: int, num_kv_heads: int, head
     tails = spread.tails(item_node, item_last, items[1], device) if spread else None
     planned = (layout, items, item_node, partial_counts, short_tails)
     return assemble_plan(shape, (num_qo_heads, head_dim, layout.num_queries), device, config,
-                     kv_elem_bytes, (most_partials, most_rows, num_large, num_listed), views,
-                     lambda: planned, pack_shape, tails)
+                         kv_elem_bytes, (most_partials, most_rows, num_large, num_listed), views,
+                         lambda: planned, pack_shape, tails)
 
 
 def assemble_plan(shape: tuple, heads: tuple, device: torch.device, config: PlannerConfig,
-              kv_elem_bytes: int, counts, views: list, planned, pack_shape: tuple,
-              tails) -> TreeAttentionPlan:
+                  kv_elem_bytes: int, counts, views: list, planned, pack_shape: tuple,
+                  tails) -> TreeAttentionPlan:
     """The plan object from the planned arrays.  ``heads``: (Hq, head_dim, queries);
     ``counts``: (most partials of a query, most rows of an item, items of more than 16 rows,
     merge slots listed); ``views``: the uploaded parts in ``build_plan``'s order;

@@ -91,7 +91,6 @@ def validate_tree(parent, kv_indptr, kv_indices, query_node, num_slots: int | No
     kv_indices = as_int_array("node_kv_indices", kv_indices, keep_int32=native)
     query_node = as_int_array("query_node", query_node)
     if native and kv_indptr.shape[0] == parent.shape[0] + 1:
-        parent, kv_indptr, query_node = map(np.ascontiguousarray, (parent, kv_indptr, query_node))
         if native_core.validate(parent, kv_indptr, kv_indices, query_node, num_slots) == 0:
             return parent, kv_indptr, kv_indices, query_node
         kv_indices = kv_indices.astype(np.int64)  # invalid: numpy names the fault below
