@@ -8,7 +8,8 @@ into ``$DEFT_CACHE_DIR`` (default ``~/.cache/deft_sglang``), once per source ver
 a compiler, or with ``PlannerConfig(native=False)``, the numpy path plans; both give the same plan
 bit for bit.
 
-Every function takes and returns int64 numpy arrays; see ``plan_native.c`` for the layouts.
+Every function takes and returns int64 numpy arrays (``plan_step`` also writes an int32 upload
+buffer); see ``plan_native.c`` and ``plan_step.c`` for the layouts.
 """
 from __future__ import annotations
 
