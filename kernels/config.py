@@ -83,12 +83,6 @@ class PlannerConfig:
         the fan-out alike eager, but 64-row packs in the persistent kernel of the graph form
         spilled (255 registers) and slowed the server shapes there by 7%; 16-row packs run in
         its small-tile launch at no register cost.
-    stream_small_items : phase 1 runs the items of at most 16 rows as block streams
-        (``kernels.block_streams``): each program walks the blocks of several such items in one
-        pipelined loop, so it does not drain its loads at every item's end; the items of more
-        than 16 rows (listed first, as with ``split_launches``) and the tail packs run in the
-        per-item kernel before it.  Not in the CUDA-graph form (``kernels.static``) yet.
-    stream_programs_per_sm : block-stream programs per SM, over all KV heads.
     merge_block_h : query heads per merge program (0 = by batch size, see
         ``merge.merge_launch_shape``; else a power of two).
     merge_stages : 0: the merge combines ``block_p`` partials per step (a 3-D tile); > 0: one
@@ -131,8 +125,6 @@ class PlannerConfig:
     max_floor_over_want: float = 2.0
     fixed_chunk_tokens: int = 0
     split_launches: bool = False
-    stream_small_items: bool = False
-    stream_programs_per_sm: float = 2.0
     max_registers: int = 0
     merge_block_h: int = 0
     interleave_heads: bool = True
@@ -153,7 +145,7 @@ class PlannerConfig:
                              f"got {self.small_block_n}")
         if self.block_m not in (32, 64, 128):
             raise ValueError(f"PlannerConfig.block_m must be 32, 64 or 128, got {self.block_m}")
-        for name in ("waves", "min_chunk_partial_ratio", "stream_programs_per_sm"):
+        for name in ("waves", "min_chunk_partial_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be positive")
         for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens",
@@ -205,12 +197,6 @@ class PlannerConfig:
                     raise ValueError(f"PlannerConfig.{key} must be {kind.__name__}, "
                                      f"got {text!r}") from None
         return cls(**values)
-
-    @property
-    def large_items_first(self) -> bool:
-        """Whether the work list puts items of more than 16 rows before the others (each kind
-        then runs in a launch of its own)."""
-        return self.split_launches or self.stream_small_items
 
     @property
     def packs_tails(self) -> bool:

@@ -134,7 +134,7 @@ class Knobs:
         self.ints = np.array([group, block_n, config.block_m, num_sms, num_kv_heads, l2_bytes,
                               kv_bytes_per_token, config.reread_min_queries,
                               config.reread_group_rows, config.reread_needs_node_in_l2,
-                              config.fixed_chunk_tokens, config.large_items_first,
+                              config.fixed_chunk_tokens, config.split_launches,
                               config.short_tail_bound, config.merge_tail_tokens,
                               config.tail_pack_rows], dtype=np.int64)
         self.floats = np.array([config.waves, config.min_chunk_partial_ratio,

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .block_streams import launch_block_streams, stream_shape
 from .merge import launch_merge, merge_launch_shape
 from .partial_attention import LOG2E, launch_partial_attention
 from .short_tails import tails_per_pack
@@ -101,7 +100,6 @@ class TreeAttentionPlan:
     short_tails: Any = None            # (tail_indptr, tail_slots) on the device: kernels.short_tails
     tail_packs: Any = None             # (pack_info, num_packs, pack_m, pack_slots): packed tails
     pack_shape: tuple = ()             # (packed tails, tails per pack, first's partial slot)
-    streams: tuple = ()                # (streams, items per stream): kernels.block_streams
 
     def stats(self) -> dict:
         """IO and shape of the plan (per layer; token counts are per KV head).
@@ -176,10 +174,8 @@ class TreeAttentionPlan:
             out = torch.empty_like(q)
         partial_out, partial_lse = self._partials(q.dtype)
         cfg, split = self.config, self.num_large_items
-        if self.streams or split < 0:  # (streams: the small items follow, block_streams below)
-            launches = [(self.items[:, :split] if self.streams else self.items, self.block_m)]
-        else:
-            launches = [(self.items[:, :split], self.block_m), (self.items[:, split:], SMALL_M)]
+        launches = ([(self.items, self.block_m)] if split < 0 else
+                    [(self.items[:, :split], self.block_m), (self.items[:, split:], SMALL_M)])
         pdl, packs = self.merge_pdl, self.tail_packs
         for index, (items, block_m) in enumerate(launches):  # SMALL_M alone: small tile only
             last = index == len(launches) - 1
@@ -190,11 +186,6 @@ class TreeAttentionPlan:
                                      interleave_heads=cfg.interleave_heads, pdl_trigger=pdl,
                                      tail_packs=(packs[0], *self.short_tails, *packs[1:3])
                                      if packs is not None and last else None)
-        if self.streams:
-            launch_block_streams(q, k_cache, v_cache, self.kv_indices, self.query_order,
-                                 self.items, split, self.items.shape[1] - split, partial_out,
-                                 partial_lse, sm_scale, self.streams, cfg.small_block_n,
-                                 cfg.num_warps, cfg.num_stages, pdl_trigger=pdl)
         tail = None if self.short_tails is None or packs is not None else \
             (q, k_cache, v_cache, *self.short_tails, sm_scale * LOG2E)
         launch_merge(partial_out, partial_lse, self.merge_indptr, self.merge_slots, out,
@@ -364,15 +355,10 @@ def assemble_plan(shape: tuple, heads: tuple, device: torch.device, config: Plan
     # Without large items the large-tile branch is compiled out (fewer registers); batch-invariant
     # plans keep one kernel variant whatever the batch holds.
     needs_large = config.fixed_chunk_tokens or most_rows > SMALL_M
-    num_items = d_items.shape[0] // 5
-    streams = (stream_shape(num_items - num_large, shape[3], num_sms,
-                            config.stream_programs_per_sm) if config.stream_small_items else ())
-    streams = streams if streams and streams[0] else ()
     return TreeAttentionPlan(num_qo_heads, shape[3], head_dim, num_queries,
                              num_partials, device, kv_indices, query_order, d_items.view(5, -1),
                              config.block_m if needs_large else SMALL_M, d_indptr, d_slots,
                              block_n, merge_shape, config, stats, tails=tails,
-                             num_large_items=num_large if config.large_items_first else -1,
+                             num_large_items=num_large if config.split_launches else -1,
                              merge_pdl=config.merge_pdl and _supports_pdl(device),
-                             short_tails=short, tail_packs=packs, pack_shape=pack_shape,
-                             streams=streams)
+                             short_tails=short, tail_packs=packs, pack_shape=pack_shape)

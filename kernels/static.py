@@ -80,9 +80,6 @@ class StaticTreeAttention:
         self.capacity = dict(queries=max_queries, items=max_items, kv_tokens=max_kv_tokens,
                              partials=max_partials)
         config = config or PlannerConfig()
-        if config.stream_small_items:
-            raise ValueError("PlannerConfig.stream_small_items has no CUDA-graph form yet: build "
-                             "the workspace with stream_small_items=False (or run eagerly)")
         self.config = config
         self.block_n = resolve_block_n(config, head_dim)
         self.tiles = (config.block_m, self.block_n, config.small_block_n, config.num_warps,

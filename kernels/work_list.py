@@ -141,7 +141,7 @@ def _plan_items_numpy(layout: TreeLayout, shape: tuple, config: PlannerConfig, s
     # costs, chunk-major (the KV begin, then the queries): the row groups of one chunk then run
     # side by side and share it in L2, where segment-major order put a node's chunks between.
     keys = (items[2], items[0], -cost)
-    order = np.lexsort(keys + (~large,) if config.large_items_first else keys)
+    order = np.lexsort(keys + (~large,) if config.split_launches else keys)
     rows = items[3] * group
     return (items[:, order], item_node[order], item_last[order], merge_indptr, merge_slots,
             partial_counts, int(partial_counts.max(initial=0)), int(rows.max(initial=0)),
