@@ -37,6 +37,11 @@ class PlannerConfig:
     reread_needs_node_in_l2 : split only nodes whose whole KV fits in a quarter of L2 (the
         default before session 7, when the row groups of a chunk were not yet run together).
     l2_bytes : L2 size used to decide whether re-reads stay on chip (0 = from the device).
+    num_warps, num_stages : phase 1's warps per program and Triton pipelining depth. At 3 (and
+        4) Triton gives the K/V gathers one buffer and waits for them at the top of each block
+        (the slot load ahead of the gather takes a stage); 5 double-buffers them (with
+        ``block_n=small_block_n=32``: 66 KB of shared memory, 200 registers) but measured no
+        faster: geomean 0.997x over 28 workloads (H100, session 11, ``results/session11``).
     fp32_partials : keep partial outputs in fp32 even for fp16/bf16 inputs.
     max_floor_over_want : the partial-write floor on chunk length never exceeds this many times
         the length that load balance asks for (0 = no cap). 2 took the server's 1k x 64 fork

@@ -1,8 +1,11 @@
 """What the Triton compiler makes of the kernels for an H100 (sm_90), checked on any host (the
 compile needs no GPU; ``_compile_h100.py`` runs it in a child process).  Guards what the
-performance rests on: phase 1's K/V gathers are asynchronous copies pipelined ahead of the
-math, the 64-row tile's dots are Hopper warpgroup MMAs, two programs fit on one SM, and the PDL
-instructions are where the merge launch needs them and nowhere else."""
+performance rests on: phase 1's K/V gathers are asynchronous copies (issued a block ahead; at
+the default ``num_stages=3`` Triton gives them one buffer and waits for them before the block's
+math, so it is the two programs per SM that overlap loads with math: double-buffering them at
+``num_stages=5`` measured no faster, ``results/session11/pipeline_depth.txt``), the 64-row
+tile's dots are Hopper warpgroup MMAs, two programs fit on one SM, and the PDL instructions are
+where the merge launch needs them and nowhere else."""
 import json
 import os
 import subprocess
