@@ -19,7 +19,13 @@ class PlannerConfig:
     block_n : KV tokens per block inside a chunk (0 = by head_dim: 64, or 32 above 128).
     block_m : row tile of items with more than 16 rows (32, 64 or 128).
     small_block_n : KV tokens per block for items of at most 16 rows.
-    waves : programs per SM the chunking aims for.
+    waves : programs per SM the chunking aims for. 2 (longer chunks, fewer partials) against
+        the earlier 4: DeFT-only geomeans 0.968x, 0.985x and 0.980x in three A/B runs (20-28
+        workloads, H100, session 11, ``results/session11``): the 8k x 64 server fork 0.91x,
+        few-shot b50 0.97x, fan-out 0.95x, 6-tree ToT batches 0.88-0.99x; spec star t256
+        1.02-1.04x and some single ToT snapshots up to 1.08x slower. In graph form
+        (``bench_graph``) the same: 8k x 64 70.7 -> 63.6 us per layer, few-shot b50 70.9 ->
+        66.0, fan-out 208.9 -> 199.4, spec star t256 34.7 -> 37.2. 3 was 0.988x, 6 1.024x.
     num_sms : SMs to balance over (0 = read from the device, 132 when unknown).
     min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
     reread_min_queries : groups of more queries than this are split into row groups of
@@ -117,7 +123,7 @@ class PlannerConfig:
     block_n: int = 0
     block_m: int = 64
     small_block_n: int = 64
-    waves: float = 4.0
+    waves: float = 2.0
     num_sms: int = 0
     min_chunk_partial_ratio: float = 4.0
     reread_min_queries: int = 16
