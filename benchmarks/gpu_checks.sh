@@ -33,6 +33,10 @@
 #           program walking every row tile of a chunk)
 #   profile benchmarks/sweep_config.py (per-kernel time, planner variants), then Nsight Compute
 #           sections of the DeFT kernels on three workloads (WORK/profile/ncu-*.txt)
+#   tailprof Nsight Compute stall reasons (WarpStateStats, SourceCounters) of phase 1 with
+#           split_launches=true: few-shot b50's two launches (the second one is its 400-token
+#           tails, 1.4 TB/s alone in session 11) and unshared 128 x 4k's one (the same kernel at
+#           95% of copy bandwidth), measured step only (WORK/tailprof/ncu-*.txt)
 set -u
 WORK=${1:?usage: gpu_checks.sh WORK [STEP ...]}
 shift
@@ -114,6 +118,15 @@ for step in $STEPS; do
                          --section WarpStateStats -k regex:'_partial_attention_kernel|_merge_partials' \
                          -s 2 -c 2 python3 benchmarks/ncu_dram.py --workload \$w \
                          > '$WORK/profile/ncu-'\${w//\//_}.txt 2>&1; done" ;;
+    tailprof) run tailprof 600 bash -c "mkdir -p '$WORK/tailprof'; \
+                  for spec in fewshot-4000xb50-g400:2 unshared-128x4096:1; do \
+                      w=\${spec%:*}; n=\${spec#*:}; \
+                      timeout 250 ncu --section SpeedOfLight --section Occupancy \
+                          --section MemoryWorkloadAnalysis --section WarpStateStats \
+                          --section SourceCounters -k regex:_partial_attention_kernel \
+                          -s \$n -c \$n python3 benchmarks/ncu_dram.py --workload \$w \
+                          --deft-config split_launches=true \
+                          > '$WORK/tailprof/ncu-'\$w.txt 2>&1; done" ;;
     dram) run dram 900 bash -c "mkdir -p '$WORK/dram'; \
               for w in srv8b-fork-8192x64 fewshot-4000xb50-g400; do \
                   for c in '' '${DRAM_ALT//,/ }'; do \
