@@ -21,9 +21,9 @@ PATTERNS = {"ttgir": ["ttg.async_copy_global_to_local"],
                     "griddepcontrol.wait"]}
 
 
-def compile_for_h100(kernel, constexprs, pointers, floats=(), num_warps=4, num_stages=3):
-    """``pointers`` {name: element type}; every other runtime argument an int32 divisible by
-    16, or an fp32 when named in ``floats``."""
+def compile_h100(kernel, constexprs, pointers, floats=(), num_warps=4, num_stages=3):
+    """The compiled kernel for sm_90.  ``pointers`` {name: element type}; every other runtime
+    argument an int32 divisible by 16, or an fp32 when named in ``floats``."""
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constexprs:
@@ -34,8 +34,14 @@ def compile_for_h100(kernel, constexprs, pointers, floats=(), num_warps=4, num_s
         if name not in floats:
             attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=H100,
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    return triton.compile(source, target=H100,
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def compile_for_h100(kernel, constexprs, pointers, floats=(), num_warps=4, num_stages=3):
+    """What the checks look at in ``compile_h100``'s kernel: pattern counts, shared memory,
+    registers and spills."""
+    compiled = compile_h100(kernel, constexprs, pointers, floats, num_warps, num_stages)
     found = {pattern: len(re.findall(re.escape(pattern), compiled.asm[stage]))
              for stage, patterns in PATTERNS.items() for pattern in patterns}
     return dict(found, shared=compiled.metadata.shared, **registers(compiled.asm["ptx"]))

@@ -9,8 +9,6 @@ import sys
 
 sys.path.insert(0, "tests/kernels")
 import _compile_h100 as C  # noqa: E402
-import triton  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
 from deft_sglang.kernels.partial_attention import _partial_attention_kernel  # noqa: E402
 
@@ -25,18 +23,8 @@ def compile_one(stages, block_m, block_n, small_n):
                       BLOCK_M=block_m, BLOCK_N=block_n, DOT_FP32=False, IEEE_FP32=False,
                       PERSISTENT=False, INTERLEAVE_HEADS=True, NUM_KV_HEADS=8,
                       PDL_TRIGGER=False, PACK_M=0)
-    signature, attrs = {}, {}
-    for index, name in enumerate(_partial_attention_kernel.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-            continue
-        signature[name] = f"*{POINTERS[name]}" if name in POINTERS else \
-            "fp32" if name == "qk_scale_log2" else "i32"
-        if name != "qk_scale_log2":
-            attrs[(index,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(ASTSource(fn=_partial_attention_kernel, signature=signature,
-                                        constexprs=constexprs, attrs=attrs),
-                              target=C.H100, options=dict(num_warps=4, num_stages=stages))
+    compiled = C.compile_h100(_partial_attention_kernel, constexprs, POINTERS,
+                              floats=("qk_scale_log2",), num_stages=stages)
     waits = re.findall(r"async_wait %k\S*, %v\S*, %slots\S* \{num = (\d+)", compiled.asm["ttgir"])
     return compiled.metadata.shared, C.registers(compiled.asm["ptx"]), waits
 
