@@ -28,6 +28,8 @@ class PlannerConfig:
         66.0, fan-out 208.9 -> 199.4, spec star t256 34.7 -> 37.2. 3 was 0.988x, 6 1.024x.
     num_sms : SMs to balance over (0 = read from the device, 132 when unknown).
     min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
+    min_chunk_blocks : load balance never asks for chunks shorter than this many KV blocks (a
+        chunk may still be shorter when its node is).
     reread_min_queries : groups of more queries than this are split into row groups of
         ``reread_group_rows`` rows, one work item each per chunk: more programs and fewer
         partial results than one program walking all the rows' tiles. The row groups of one
@@ -126,6 +128,7 @@ class PlannerConfig:
     waves: float = 2.0
     num_sms: int = 0
     min_chunk_partial_ratio: float = 4.0
+    min_chunk_blocks: float = 4.0
     reread_min_queries: int = 16
     reread_group_rows: int = 64
     reread_needs_node_in_l2: bool = False
@@ -156,7 +159,7 @@ class PlannerConfig:
                              f"got {self.small_block_n}")
         if self.block_m not in (32, 64, 128):
             raise ValueError(f"PlannerConfig.block_m must be 32, 64 or 128, got {self.block_m}")
-        for name in ("waves", "min_chunk_partial_ratio"):
+        for name in ("waves", "min_chunk_partial_ratio", "min_chunk_blocks"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PlannerConfig.{name} must be positive")
         for name in ("num_sms", "l2_bytes", "reread_min_queries", "fixed_chunk_tokens",

@@ -138,7 +138,8 @@ class Knobs:
                               config.short_tail_bound, config.merge_tail_tokens,
                               config.tail_pack_rows], dtype=np.int64)
         self.floats = np.array([config.waves, config.min_chunk_partial_ratio,
-                                config.max_floor_over_want], dtype=np.float64)
+                                config.max_floor_over_want, config.min_chunk_blocks],
+                               dtype=np.float64)
         self.addresses = (_ptr(self.ints), _ptr(self.floats))
         self.out_length = 0  # the last plan's output length: the next one's first guess
         self.step_lengths = (0, 0)  # the last plan_step's (host, blob) lengths: the same

@@ -183,7 +183,8 @@ static void chunk_lengths(i64 s, const i64 *k, const double *f, const i64 *seg_t
     double programs = f[F_WAVES] * (double)k[K_NUM_SMS] / (double)k[K_NUM_KV_HEADS];
     if (programs < 1.0) programs = 1.0;
     double target = total / programs;
-    if (target < 4.0 * (double)block_n) target = 4.0 * (double)block_n;
+    double shortest = f[F_MIN_CHUNK_BLOCKS] * (double)block_n;
+    if (target < shortest) target = shortest;
     double chunks = 0.0;
     for (i64 i = 0; i < s; i++) {
         i64 rows = seg_q_count[i] * k[K_GROUP];

@@ -15,7 +15,7 @@ typedef int64_t i64;
 enum { K_GROUP, K_BLOCK_N, K_BLOCK_M, K_NUM_SMS, K_NUM_KV_HEADS, K_L2_BYTES, K_KV_BYTES_PER_TOKEN,
        K_REREAD_MIN_QUERIES, K_REREAD_GROUP_ROWS, K_NEEDS_L2, K_FIXED_CHUNK, K_SPLIT_LAUNCHES,
        K_TAIL_BOUND, K_MERGE_TAIL_TOKENS, K_TAIL_PACK_ROWS, K_COUNT };
-enum { F_WAVES, F_PARTIAL_RATIO, F_FLOOR_OVER_WANT, F_COUNT };
+enum { F_WAVES, F_PARTIAL_RATIO, F_FLOOR_OVER_WANT, F_MIN_CHUNK_BLOCKS, F_COUNT };
 
 i64 deft_validate(i64 n, i64 b, i64 total, i64 num_slots, i64 index_bytes, const i64 *parent,
                   const i64 *indptr, const void *kv_indices, const i64 *query_node);

@@ -72,7 +72,7 @@ def _chunk_lengths(tokens: np.ndarray, rows: np.ndarray, num_kv_heads: int, num_
     cost_per_token = _cost_per_token(rows, config.block_m)
     total = float(np.sum(tokens * cost_per_token))
     programs_per_head = max(1.0, config.waves * num_sms / num_kv_heads)
-    target = max(total / programs_per_head, 4.0 * block_n)
+    target = max(total / programs_per_head, config.min_chunk_blocks * block_n)
     want = np.ceil(target / cost_per_token)
     floor = np.ceil(config.min_chunk_partial_ratio * 2.0 * rows / cost_per_token)
     if config.max_floor_over_want > 0:

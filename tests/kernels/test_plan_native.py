@@ -30,6 +30,7 @@ CONFIGS = {
     "split-launches": dict(split_launches=True, max_floor_over_want=0),
     "fixed-chunks": dict(fixed_chunk_tokens=24),
     "few-sms": dict(num_sms=4, waves=1.5, min_chunk_partial_ratio=0.5, block_m=32),
+    "short-chunks": dict(min_chunk_blocks=1.5, min_chunk_partial_ratio=1),
 }
 
 
@@ -188,3 +189,17 @@ def test_short_tails_are_taken_alike(max_tokens):
                 mine, theirs = getattr(ours, name), getattr(numpy_path, name)
                 assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), name
     assert taken > 0
+
+
+@pytest.mark.parametrize("native_on", [False, pytest.param(True, marks=needs_native)])
+def test_min_chunk_blocks_shortens_the_chunks_of_small_trees(native_on):
+    # 1,800 tokens over 33 programs per KV head ask for ~68-token chunks; the default floor of
+    # 4 blocks (256 tokens) keeps them long, a floor of 1 block lets them be 64.
+    forest = chain(6, 300, queries=1)
+    default = _plan(forest, (32, 8), native_on)
+    short = _plan(forest, (32, 8), native_on, min_chunk_blocks=1)
+    assert int(default.items[1].max()) > 64
+    assert int(short.items[1].max()) == 64
+    assert short.items.shape[1] > default.items.shape[1]
+    if native_on:
+        assert_plans_equal(short, _plan(forest, (32, 8), False, min_chunk_blocks=1))
