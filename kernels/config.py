@@ -25,15 +25,15 @@ class PlannerConfig:
         few-shot b50 0.97x, fan-out 0.95x, 6-tree ToT batches 0.88-0.99x; spec star t256
         1.02-1.04x and some single ToT snapshots up to 1.08x slower. In graph form
         (``bench_graph``) the same: 8k x 64 70.7 -> 63.6 us per layer, few-shot b50 70.9 ->
-        66.0, fan-out 208.9 -> 199.4, spec star t256 34.7 -> 37.2. 3 was 0.988x, 6 1.024x.
+        66.0, fan-out 208.9 -> 199.4, spec star t256 34.7 -> 37.2. 3 was 0.988x, 6 1.024x;
+        1.5 and 1 0.995x and 1.048x (31 workloads, H200, session 12).
     num_sms : SMs to balance over (0 = read from the device, 132 when unknown).
     min_chunk_partial_ratio : a chunk's KV work is at least this many times its partial writes.
     min_chunk_blocks : load balance never asks for chunks shorter than this many KV blocks (a
         chunk may still be shorter when its node is). Small trees' phase 1 runs at 0.4-0.6 waves
         (ToT snapshots, Nsight Compute, H100, session 12), but shorter chunks did not help:
         1 block 0.994x, 2 blocks 1.000x (geomean of 31 workloads, H200, one ToT snapshot 0.91x
-        and another 1.22x; ``results/session12/hold3-knobs-h200``). ``waves`` 1.5 and 1 in the
-        same run: 0.995x and 1.048x.
+        and another 1.22x; ``results/session12/hold3-knobs-h200``).
     reread_min_queries : groups of more queries than this are split into row groups of
         ``reread_group_rows`` rows, one work item each per chunk: more programs and fewer
         partial results than one program walking all the rows' tiles. The row groups of one
