@@ -33,6 +33,9 @@
 #           program walking every row tile of a chunk)
 #   profile benchmarks/sweep_config.py (per-kernel time, planner variants), then Nsight Compute
 #           sections of the DeFT kernels on three workloads (WORK/profile/ncu-*.txt)
+#   heads   the head configurations of issue 3 with every peer: few-shot b50 and the 6-tree set128
+#           ToT batch at 32/8 (the same run's reference), 32/32, 32/4, 16/1 and 32/8 with
+#           head_dim 64 (the peers' JIT warm-up for every head configuration first)
 #   tailprof Nsight Compute stall reasons (WarpStateStats, SourceCounters) of phase 1 with
 #           split_launches=true: few-shot b50's two launches (the second one is its 400-token
 #           tails, 1.4 TB/s alone in session 11) and unshared 128 x 4k's one (the same kernel at
@@ -118,6 +121,10 @@ for step in $STEPS; do
                          --section WarpStateStats -k regex:'_partial_attention_kernel|_merge_partials' \
                          -s 2 -c 2 python3 benchmarks/ncu_dram.py --workload \$w \
                          > '$WORK/profile/ncu-'\${w//\//_}.txt 2>&1; done" ;;
+    heads) run heads 1200 bash -c "python3 benchmarks/bench_kernels.py --out '$WORK/heads-warm' \
+               --warm-only && python3 benchmarks/bench_kernels.py --out '$WORK/heads' \
+               --time-budget 400 --jit-reserve 60 --workloads fewshot-4000xb50-g400 \
+               tot-set128-batch6" ;;
     tailprof) run tailprof 600 bash -c "mkdir -p '$WORK/tailprof'; \
                   for spec in fewshot-4000xb50-g400:2 unshared-128x4096:1; do \
                       w=\${spec%:*}; n=\${spec#*:}; \
